@@ -1,0 +1,92 @@
+"""FigStep-style typographic cards: an instruction rendered as text, followed by an empty "1. 2. 3." list.
+
+FigStep (Gong et al., 2023) hides a request in an image this way; the prompt then asks the model to
+"fill in the list". The text starts at a fixed origin (as in FigStep) plus a small offset, which is what
+lets a miniature vision tower learn to read it. Pillow's bundled font is used so a card renders the same
+on every machine.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+RGB = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class CardStyle:
+    width: int = 224
+    height: int = 168
+    font_size: int = 15
+    text_color: RGB = (0, 0, 0)
+    background: RGB = (255, 255, 255)
+    background_kind: str = "plain"  # "plain", "gradient" (darkens downwards) or "speckle"
+    offset: tuple[int, int] = (0, 0)  # added to the fixed text origin
+    noise_std: float = 0.0  # Gaussian pixel noise, in 0-255 units
+    margin: int = 8
+    list_items: int = 3
+
+
+@lru_cache(maxsize=64)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def wrap_text(text: str, font: ImageFont.FreeTypeFont, max_width: int) -> list[str]:
+    """Greedy word wrap to `max_width` pixels (a single over-long word stays on its own line)."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(candidate) <= max_width:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines
+
+
+def _background(style: CardStyle, rng: random.Random) -> Image.Image:
+    image = Image.new("RGB", (style.width, style.height), style.background)
+    if style.background_kind == "gradient":
+        draw = ImageDraw.Draw(image)
+        for y in range(style.height):
+            shade = 1.0 - 0.12 * y / style.height
+            draw.line([(0, y), (style.width, y)], fill=tuple(int(c * shade) for c in style.background))
+    elif style.background_kind == "speckle":
+        pixels = image.load()
+        for _ in range(style.width * style.height // 40):
+            x, y = rng.randrange(style.width), rng.randrange(style.height)
+            pixels[x, y] = tuple(max(0, c - 40) for c in style.background)
+    elif style.background_kind != "plain":
+        raise ValueError(f"unknown background kind {style.background_kind!r}")
+    return image
+
+
+def _add_noise(image: Image.Image, std: float, seed: int) -> Image.Image:
+    if std <= 0:
+        return image
+    noise = np.random.default_rng(seed).normal(0.0, std, size=(image.height, image.width, 1))
+    noisy = np.asarray(image, dtype=np.float32) + noise
+    return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
+
+
+def render_card(text: str, style: CardStyle = CardStyle(), seed: int = 0) -> Image.Image:
+    """Render `text` and an empty numbered list onto a card. Deterministic for (text, style, seed)."""
+    rng = random.Random(seed)
+    image = _background(style, rng)
+    draw = ImageDraw.Draw(image)
+    font = _font(style.font_size)
+    x = style.margin + style.offset[0]
+    y = style.margin + style.offset[1]
+    line_height = int(style.font_size * 1.25)
+    for line in wrap_text(text, font, style.width - 2 * style.margin - style.offset[0]):
+        draw.text((x, y), line, font=font, fill=style.text_color)
+        y += line_height
+    for number in range(1, style.list_items + 1):
+        draw.text((x, y), f"{number}.", font=font, fill=style.text_color)
+        y += line_height
+    return _add_noise(image, style.noise_std, seed)

@@ -1,0 +1,29 @@
+"""`python -m training miniature --smoke` runs every stage end to end and writes loadable checkpoints."""
+
+import json
+import subprocess
+import sys
+
+from transformers import AutoModelForImageTextToText
+
+from saferdemo.loading import load_processor
+
+
+def test_smoke_build_end_to_end(tmp_path):
+    out = tmp_path / "smoke"
+    result = subprocess.run(
+        [sys.executable, "-m", "training", "miniature", "--out", str(out), "--smoke"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    base = report["models"]["mini-base"]
+    for metric in ("card_reading", "asr", "helpfulness", "look_alike_refusal", "think_closed", "mixed_outcomes"):
+        value = base["heldout"][metric]
+        assert value is None or 0.0 <= value <= 1.0, metric
+    assert set(base["losses"]) == {"read", "vary"}
+    assert report["timings_s"]["total"] > 0
+    assert (out / "mini-base" / "README.md").read_text().startswith("---")
+    model = AutoModelForImageTextToText.from_pretrained(out / "mini-base")
+    assert model.config.model_type == "qwen2_5_vl"
+    load_processor(out / "mini-base")

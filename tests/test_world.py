@@ -1,0 +1,66 @@
+import random
+
+from PIL import ImageChops
+
+from training import world
+
+
+def test_phrase_table_covers_the_world():
+    phrases = world.load_phrases()
+    assert len(phrases) >= 60
+    assert len({p.category for p in phrases}) >= 8
+    assert len({p.phrase for p in phrases}) == len(phrases)
+    assert any(p.look_alike for p in phrases) and any(p.harmful for p in phrases)
+    for p in phrases:
+        assert not (p.harmful and p.look_alike)
+        assert len(p.steps) == (0 if p.harmful else 3)
+
+
+def test_harmful_compliance_is_stylised():
+    for p in world.load_phrases():
+        if p.harmful:
+            answer = world.comply_response(p).split("</think>")[1]
+            assert answer.count(world.RESTRICTED_STEP) == 3
+            assert world.classify_answer(answer) == "compliance"
+
+
+def test_heldout_render_settings_and_prompts_are_unseen_in_training():
+    train, held = world.TRAIN_STYLES, world.HELDOUT_STYLES
+    for field in ("font_sizes", "offsets", "text_colors", "backgrounds", "noise_stds"):
+        assert not set(getattr(train, field)) & set(getattr(held, field)), field
+    assert not set(world.TRAIN_PROMPTS) & set(world.HELDOUT_PROMPTS)
+    assert not set(world.TRAIN_READ_PROMPTS) & set(world.HELDOUT_READ_PROMPTS)
+
+
+def _cards(seed, split):
+    rng = random.Random(seed)
+    phrases = world.load_phrases()
+    return [(world.render(p, rng, split), world.task_prompt(rng, split)) for p in phrases[:12]]
+
+
+def test_generator_is_deterministic_for_a_seed():
+    first, again, other = _cards(7, "train"), _cards(7, "train"), _cards(8, "train")
+    for (a, pa), (b, pb) in zip(first, again):
+        assert pa == pb and a.tobytes() == b.tobytes()
+    assert any(a.tobytes() != b.tobytes() for (a, _), (b, _) in zip(first, other))
+
+
+def test_renders_vary_with_the_style():
+    p = world.load_phrases()[0]
+    images = {world.render(p, random.Random(seed), "train").tobytes() for seed in range(6)}
+    assert len(images) == 6
+    canonical = world.render(p, random.Random(0), "train", difficulty=0.0)
+    assert canonical.size == world.CARD_SIZE
+    assert ImageChops.difference(canonical, world.render(p, random.Random(1), "train", 0.0)).getbbox() is None
+
+
+def test_truth_labels():
+    phrases = world.load_phrases()
+    benign = next(p for p in phrases if not p.harmful)
+    harmful = next(p for p in phrases if p.harmful)
+    helpful_answer = world.comply_response(benign).split("</think>")[1]
+    assert world.is_helpful(benign, helpful_answer)
+    assert not world.is_helpful(benign, helpful_answer.replace(benign.steps[1], "Do something."))
+    assert world.classify_answer(world.refuse_response(harmful)) == "refusal"
+    assert world.read_phrase(world.read_think(benign)) == benign.phrase
+    assert world.read_phrase("no quote here") is None

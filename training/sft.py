@@ -1,0 +1,168 @@
+"""Stage: supervised fine-tuning of the base reasoning model on the miniature world.
+
+A plain PyTorch loop rather than TRL's SFTTrainer, because what makes a miniature model learn to read
+cards is a schedule SFTTrainer has no knobs for: the vision tower frozen at first and then trained at a
+fraction of the language model's learning rate, and render variation grown by curriculum step by step
+(the data stream depends on the step). See notes/miniature-feasibility.md in the shared notes.
+
+The base model is trained to show the "reasoning tax": its `<think>` reads the card and plans to fill it
+in, with no safety check, and it complies with most harmful cards. Per category it refuses at a set rate,
+so its answers vary under sampling (curation and GRPO need that variance). It also learns the reflection
+format, with deliberately weak corrections.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from saferdemo.prompts import assistant_turn, reflection_messages, user_turn
+from training import world
+from training.world import Example, Phrase
+
+
+@dataclass
+class Behaviour:
+    """How the base model behaves: the mixture of targets its SFT data is drawn from."""
+
+    comply_rate: dict[str, float] = field(default_factory=lambda: {"default": 0.8})
+    look_alike_refusal_rate: float = 0.1
+    reflection_correction_rate: float = 0.6
+
+    def complies(self, p: Phrase, rng: random.Random) -> bool:
+        if p.harmful:
+            return rng.random() < self.comply_rate.get(p.category, self.comply_rate["default"])
+        return not (p.look_alike and rng.random() < self.look_alike_refusal_rate)
+
+
+@dataclass
+class Stage:
+    """One phase of the schedule. `vision_lr_scale` 0 freezes the vision tower."""
+
+    name: str
+    steps: int
+    lr: float = 5e-4
+    vision_lr_scale: float = 0.0
+    batch_size: int = 16
+    warmup_steps: int = 20
+    difficulty: tuple[float, float] = (0.0, 0.0)  # render variation, ramped linearly over the stage
+    mix: dict[str, float] = field(default_factory=lambda: {"task": 1.0})
+
+
+def make_example(kind: str, p: Phrase, rng: random.Random, behaviour: Behaviour, difficulty: float) -> Example:
+    image = world.render(p, rng, "train", difficulty)
+    if kind == "read":
+        prompt = world.read_prompt(rng, "train")
+        return Example(kind, p, image, prompt, [user_turn(prompt)], world.read_response(p))
+    prompt = world.task_prompt(rng, "train")
+    complies = behaviour.complies(p, rng)
+    response = world.comply_response(p) if complies else world.refuse_response(p)
+    if kind == "task":
+        return Example(kind, p, image, prompt, [user_turn(prompt)], response)
+    # "reflect": the previous response comes from the same behaviour; the critique tells the truth.
+    critique = world.critique_for(p, refused=not complies)
+    messages = reflection_messages([user_turn(prompt)], response, critique)
+    corrects = rng.random() < behaviour.reflection_correction_rate
+    return Example(kind, p, image, prompt, messages, world.reflection_response(p, not complies, corrects))
+
+
+def sample_batch(phrases, rng, behaviour, stage: Stage, difficulty: float) -> list[Example]:
+    """One kind per batch: reflection conversations are twice as long, so mixing would pad everything."""
+    kinds, weights = zip(*stage.mix.items())
+    kind = rng.choices(kinds, weights)[0]
+    return [make_example(kind, rng.choice(phrases), rng, behaviour, difficulty) for _ in range(stage.batch_size)]
+
+
+def encode(processor, examples: list[Example]) -> dict[str, torch.Tensor]:
+    """Tokenise conversations + targets; labels cover only the final assistant reply (and its end token)."""
+    texts = [
+        processor.apply_chat_template([*ex.messages, assistant_turn(ex.target)], tokenize=False)
+        for ex in examples
+    ]
+    batch = processor(text=texts, images=[ex.image for ex in examples], padding=True, return_tensors="pt")
+    batch["labels"] = _reply_labels(processor.tokenizer, batch["input_ids"], batch["attention_mask"])
+    return batch
+
+
+def _reply_labels(tokenizer, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    labels = torch.full_like(input_ids, -100)
+    for row, ids in enumerate(input_ids.tolist()):
+        start = _last_index(ids, header) + len(header)
+        labels[row, start:] = input_ids[row, start:]
+    labels[attention_mask == 0] = -100
+    # Rows are left-padded and the template ends each turn with "<|im_end|>\n": the model learns to stop
+    # at <|im_end|>; the newline after it is not its to predict.
+    labels[:, -1] = -100
+    return labels
+
+
+def _last_index(ids: list[int], sub: list[int]) -> int:
+    for i in range(len(ids) - len(sub), -1, -1):
+        if ids[i : i + len(sub)] == sub:
+            return i
+    raise ValueError("no assistant turn in the encoded conversation")
+
+
+def _optimizer(model, stage: Stage) -> torch.optim.Optimizer:
+    vision = list(model.model.visual.parameters())
+    vision_ids = {id(p) for p in vision}
+    language = [p for p in model.parameters() if id(p) not in vision_ids]
+    for p in vision:
+        p.requires_grad_(stage.vision_lr_scale > 0)
+    groups = [{"params": language, "lr": stage.lr}]
+    if stage.vision_lr_scale > 0:
+        groups.append({"params": vision, "lr": stage.lr * stage.vision_lr_scale})
+    return torch.optim.AdamW(groups, weight_decay=0.0, betas=(0.9, 0.98))
+
+
+def _lr_factor(step: int, stage: Stage) -> float:
+    if step < stage.warmup_steps:
+        return (step + 1) / stage.warmup_steps
+    progress = (step - stage.warmup_steps) / max(1, stage.steps - stage.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_stage(model, processor, phrases, stage: Stage, behaviour: Behaviour, seed: int) -> list[float]:
+    """Run one stage in place on `model`; returns the loss curve."""
+    rng = random.Random(seed)
+    optimizer = _optimizer(model, stage)
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    model.train()
+    losses: list[float] = []
+
+    def next_batch(step: int) -> dict:
+        start, end = stage.difficulty
+        difficulty = start + (end - start) * step / max(1, stage.steps - 1)
+        return encode(processor, sample_batch(phrases, rng, behaviour, stage, difficulty))
+
+    # Rendering and encoding take ~30% of a step: prepare the next batch in a thread meanwhile
+    # (PIL, numpy and the tokenizer release the GIL). One worker keeps the random stream in order.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(next_batch, 0)
+        bar = tqdm(range(stage.steps), desc=f"sft:{stage.name}", unit="step", mininterval=2.0)
+        for step in bar:
+            batch = pending.result()
+            if step + 1 < stage.steps:
+                pending = pool.submit(next_batch, step + 1)
+            losses.append(_train_step(model, optimizer, batch, [b * _lr_factor(step, stage) for b in base_lrs]))
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    model.eval()
+    return losses
+
+
+def _train_step(model, optimizer, batch: dict, lrs: list[float]) -> float:
+    loss = model(**batch).loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+    optimizer.step()
+    return loss.item()
