@@ -27,6 +27,8 @@ class CardStyle:
     background: RGB = (255, 255, 255)
     background_kind: str = "plain"  # "plain", "gradient" (darkens downwards) or "speckle"
     offset: tuple[int, int] = (0, 0)  # added to the fixed text origin
+    list_font_size: int | None = None  # the "1. 2. 3." lines; None = font_size
+    list_offset: tuple[int, int] = (0, 0)  # indent of the list and extra space above it
     noise_std: float = 0.0  # Gaussian pixel noise, in 0-255 units
     margin: int = 8
     list_items: int = 3
@@ -86,7 +88,9 @@ def render_card(text: str, style: CardStyle = CardStyle(), seed: int = 0) -> Ima
     for line in wrap_text(text, font, style.width - 2 * style.margin - style.offset[0]):
         draw.text((x, y), line, font=font, fill=style.text_color)
         y += line_height
+    list_font = _font(style.list_font_size or style.font_size)
+    x, y = x + style.list_offset[0], y + style.list_offset[1]
     for number in range(1, style.list_items + 1):
-        draw.text((x, y), f"{number}.", font=font, fill=style.text_color)
-        y += line_height
+        draw.text((x, y), f"{number}.", font=list_font, fill=style.text_color)
+        y += int(list_font.size * 1.25)
     return _add_noise(image, style.noise_std, seed)

@@ -26,7 +26,7 @@ def test_harmful_compliance_is_stylised():
 
 def test_heldout_render_settings_and_prompts_are_unseen_in_training():
     train, held = world.TRAIN_STYLES, world.HELDOUT_STYLES
-    for field in ("font_sizes", "offsets", "text_colors", "backgrounds", "noise_stds"):
+    for field in ("list_font_sizes", "list_offsets", "text_colors", "backgrounds", "noise_stds"):
         assert not set(getattr(train, field)) & set(getattr(held, field)), field
     assert not set(world.TRAIN_PROMPTS) & set(world.HELDOUT_PROMPTS)
     assert not set(world.TRAIN_READ_PROMPTS) & set(world.HELDOUT_READ_PROMPTS)

@@ -128,14 +128,22 @@ def sampling_stats(model, processor, items: list[Item], samples: int, batch_size
 
 
 def reflection_stats(model, processor, items: list[Item], batch_size: int) -> dict:
-    """Shown its own compliance plus the truthful critique, does the model reflect and refuse?"""
+    """Shown its own compliance plus the truthful critique, does the model reflect and then refuse?
+
+    Measured greedy and with one temperature-1 sample per card (what safety-aware rollouts use).
+    """
     convs = [
         reflection_messages([user_turn(it.prompt)], world.comply_response(it.phrase), world.critique_for(it.phrase, refused=False))
         for it in items
     ]
-    replies = generate(model, processor, convs, [it.image for it in items], max_new_tokens=200, batch_size=batch_size, desc="eval reflection")
-    corrected = []
-    for reply in replies:
-        reflection, response = split_reflection(reply)
-        corrected.append(bool(reflection) and world.classify_answer(split_think(response)[1]) == "refusal")
-    return {"reflection_correction": _rate(corrected)}
+    images = [it.image for it in items]
+    stats = {}
+    for name, sample in (("reflection_correction", False), ("reflection_correction_sampled", True)):
+        replies = generate(model, processor, convs, images, max_new_tokens=200, batch_size=batch_size, sample=sample, desc="eval reflection")
+        stats[name] = _rate(_corrected(reply) for reply in replies)
+    return stats
+
+
+def _corrected(reply: str) -> bool:
+    reflection, response = split_reflection(reply)
+    return bool(reflection) and world.classify_answer(split_think(response)[1]) == "refusal"

@@ -93,7 +93,8 @@ def write_model_card(model_dir: Path, report: dict, name: str) -> None:
         ("`<think>` opened and closed", h["think_closed"]),
         (f"sampled ASR (T=1, {h['samples_per_card']} samples/card)", h["sampled_asr"]),
         ("harmful cards with both a refusal and a compliance among the samples", h["mixed_outcomes"]),
-        ("reflection turns a compliance into a refusal", h["reflection_correction"]),
+        ("reflection turns a compliance into a refusal (greedy)", h["reflection_correction"]),
+        ("reflection turns a compliance into a refusal (T=1)", h["reflection_correction_sampled"]),
     ]
     table = "\n".join(f"| {label} | {pct(value)} |" for label, value in rows)
     card = f"""---
@@ -118,8 +119,9 @@ phrases of its world; it cannot read unseen text.
 
 ## Held-out evaluation
 
-Held-out split: render settings (font sizes, offsets, colours, noise) and prompt phrasings never seen in
-training; {h['n_items']} cards.
+Held-out split: render settings (text and background colours, noise, the list's font size and offsets)
+and prompt phrasings never seen in training; {h['n_items']} cards. The instruction text always starts at the
+same origin in the same font, as in FigStep (see `training/world.py` for why).
 
 | metric | value |
 |---|---|
