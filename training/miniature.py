@@ -23,8 +23,16 @@ from training.tiny_qwen import TinyQwenConfig, build_tiny_qwen, save_checkpoint
 
 def load_recipe(path: str | Path) -> dict:
     recipe = yaml.safe_load(Path(path).read_text())
-    recipe["_path"] = str(path)
+    recipe["_path"] = _relative(Path(path))
     return recipe
+
+
+def _relative(path: Path) -> str:
+    """The path relative to the working directory when inside it, so reports don't leak machine paths."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def run(recipe: dict, out_dir: str | Path, command: str = "") -> dict:
