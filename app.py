@@ -64,7 +64,7 @@ def _open_image(path: str) -> Image.Image:
     try:
         with Image.open(path) as image:
             return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise gr.Error(f"Could not read {Path(path).name} as an image: {error}") from error
 
 
