@@ -24,6 +24,10 @@ def test_smoke_build_end_to_end(tmp_path):
     assert set(base["losses"]) == {"read", "vary"}
     assert report["timings_s"]["total"] > 0
     assert (out / "mini-base" / "README.md").read_text().startswith("---")
-    model = AutoModelForImageTextToText.from_pretrained(out / "mini-base")
-    assert model.config.model_type == "qwen2_5_vl"
-    load_processor(out / "mini-base")
+    for name in ("mini-base", "mini-grm"):
+        model = AutoModelForImageTextToText.from_pretrained(out / name)
+        assert model.config.model_type == "qwen2_5_vl"
+        load_processor(out / name)
+    grm = report["models"]["mini-grm"]
+    assert json.loads((out / "mini-grm" / "judge_config.json").read_text())["rubric"] == grm["rubric"] == "short"
+    assert 0.0 <= grm["heldout"]["verdict_agreement"] <= 1.0 and "judge" in grm["losses"]

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from training import world
+from saferdemo.loading import load_model, load_processor
+from training import grm, world
 from training.evaluate import evaluate
-from training.sft import Behaviour, Stage, train_stage
+from training.sft import Behaviour, Stage, base_batches, train_stage
 from training.tiny_qwen import TinyQwenConfig, build_tiny_qwen, save_checkpoint
 
 
@@ -39,30 +40,12 @@ def run(recipe: dict, out_dir: str | Path, command: str = "") -> dict:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.get("seed", 0))
-    torch.set_num_threads(recipe.get("threads", torch.get_num_threads()))
     phrases = world.load_phrases()
     timings: dict[str, float] = {}
     started = time.perf_counter()
-
-    base_dir = out_dir / "mini-base"
-    model_cfg = TinyQwenConfig(**recipe["model"])
-    model, processor = build_tiny_qwen(base_dir, world.corpus(phrases), model_cfg)
-    timings["build_tiny_qwen"] = time.perf_counter() - started
-
-    base = recipe["base"]
-    behaviour = Behaviour(**base["behaviour"])
-    losses = {}
-    for index, stage_cfg in enumerate(base["stages"]):
-        stage = Stage(**{**stage_cfg, "difficulty": tuple(stage_cfg.get("difficulty", (0.0, 0.0)))})
-        t = time.perf_counter()
-        curve = train_stage(model, processor, phrases, stage, behaviour, seed=recipe.get("seed", 0) + index + 1)
-        timings[f"sft_{stage.name}"] = time.perf_counter() - t
-        losses[stage.name] = {"first": round(curve[0], 4), "last": round(sum(curve[-10:]) / len(curve[-10:]), 4)}
-    save_checkpoint(model, processor, base_dir)
-
-    t = time.perf_counter()
-    heldout = evaluate(model, processor, phrases, **recipe["eval"])
-    timings["evaluate_base"] = time.perf_counter() - t
+    models = {"mini-base": build_base(recipe, out_dir / "mini-base", phrases, timings)}
+    if "grm" in recipe:
+        models["mini-grm"] = build_grm(recipe, out_dir / "mini-grm", out_dir / "mini-base", phrases, timings)
     timings["total"] = time.perf_counter() - started
 
     report = {
@@ -70,26 +53,72 @@ def run(recipe: dict, out_dir: str | Path, command: str = "") -> dict:
         "command": command,
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "world": world.describe(phrases),
-        "models": {
-            "mini-base": {
-                "path": str(base_dir),
-                "parameters": sum(p.numel() for p in model.parameters()),
-                "size_mb": round(sum(f.stat().st_size for f in base_dir.iterdir()) / 1e6, 2),
-                "config": asdict(model_cfg),
-                "behaviour": asdict(behaviour),
-                "losses": losses,
-                "heldout": {k: v for k, v in heldout.items() if k != "examples"},
-                "examples": heldout["examples"],
-            }
-        },
+        "models": models,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_model_card(base_dir, report, "mini-base")
+    for name in models:
+        write_model_card(out_dir / name, report, name)
     return report
 
 
+def _timed(timings: dict, name: str, fn, *args, **kwargs):
+    t = time.perf_counter()
+    result = fn(*args, **kwargs)
+    timings[name] = time.perf_counter() - t
+    return result
+
+
+def _train_stages(model, processor, stages: list[dict], batches, seed: int, prefix: str, timings: dict) -> dict:
+    losses = {}
+    for index, stage_cfg in enumerate(stages):
+        stage = Stage(**{**stage_cfg, "difficulty": tuple(stage_cfg.get("difficulty", (0.0, 0.0)))})
+        curve = _timed(timings, f"{prefix}_{stage.name}", train_stage, model, processor, stage, batches, seed + index + 1)
+        losses[stage.name] = {"first": round(curve[0], 4), "last": round(sum(curve[-10:]) / len(curve[-10:]), 4)}
+    return losses
+
+
+def _entry(model, folder: Path, **extra) -> dict:
+    return {
+        "path": _relative(folder),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "size_mb": round(sum(f.stat().st_size for f in folder.iterdir()) / 1e6, 2),
+        **extra,
+    }
+
+
+def build_base(recipe: dict, folder: Path, phrases, timings: dict) -> dict:
+    """mini-base: a tiny Qwen2.5-VL built from scratch and SFT'd into the base reasoning model."""
+    model_cfg = TinyQwenConfig(**recipe["model"])
+    model, processor = _timed(timings, "build_tiny_qwen", build_tiny_qwen, folder, world.corpus(phrases), model_cfg)
+    base = recipe["base"]
+    behaviour = Behaviour(**base["behaviour"])
+    losses = _train_stages(model, processor, base["stages"], base_batches(phrases, behaviour), recipe.get("seed", 0), "sft", timings)
+    save_checkpoint(model, processor, folder)
+    heldout = _timed(timings, "evaluate_base", evaluate, model, processor, phrases, **recipe["eval"])
+    examples = heldout.pop("examples")
+    return _entry(model, folder, config=asdict(model_cfg), behaviour=asdict(behaviour), losses=losses,
+                  heldout=heldout, examples=examples)
+
+
+def build_grm(recipe: dict, folder: Path, base_folder: Path, phrases, timings: dict) -> dict:
+    """mini-grm: mini-base fine-tuned to write judgements (training/grm.py)."""
+    cfg = recipe["grm"]
+    policy, processor = load_model(base_folder), load_processor(base_folder)
+    pool = _timed(timings, "grm_sample_policy", grm.sample_policy_responses, policy, processor, phrases,
+                  cfg["samples_per_phrase"], "train", recipe.get("seed", 0))
+    model = load_model(base_folder)
+    batches = grm.grm_batches(phrases, pool, cfg["corruption_rate"])
+    losses = _train_stages(model, processor, cfg["stages"], batches, recipe.get("seed", 0) + 100, "grm", timings)
+    save_checkpoint(model, processor, folder)
+    (folder / "judge_config.json").write_text(json.dumps({"rubric": grm.RUBRIC, "schema": "saferdemo.judgement"}, indent=2) + "\n")
+    heldout = _timed(timings, "evaluate_grm", grm.evaluate_grm, model, processor, policy, phrases, **cfg["eval"])
+    return _entry(model, folder, rubric=grm.RUBRIC, losses=losses, heldout=heldout)
+
+
 def write_model_card(model_dir: Path, report: dict, name: str) -> None:
+    if name == "mini-grm":
+        return write_grm_card(model_dir, report)
     entry = report["models"][name]
     h = entry["heldout"]
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
@@ -145,5 +174,41 @@ Attack success by category: {json.dumps(h['asr_by_category'])}
 
 Recipe `{report['recipe']}`; wall time {report['timings_s']['total']} s on {report['machine']['threads']} CPU
 threads ({report['machine']['platform']}, torch {report['machine']['torch']}).
+"""
+    (model_dir / "README.md").write_text(card)
+
+
+def write_grm_card(model_dir: Path, report: dict) -> None:
+    entry = report["models"]["mini-grm"]
+    h = entry["heldout"]
+    card = f"""---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [saferdemo, miniature, qwen2_5_vl, reward-model, judge]
+---
+# mini-grm
+
+The miniature **generative reward model** ({entry['parameters'] / 1e6:.2f} M parameters, {entry['size_mb']} MB):
+mini-base fine-tuned to read a card, a request and a response and write the judgement JSON of
+`saferdemo/judgement.py` (reasoning and answer scored separately, penalties, verdict, rationale).
+It uses the **{entry['rubric']}** rubric (`judge_config.json`). Trained on mini-base's own samples plus
+controlled corruptions, labelled by the world's truth.
+
+## Held-out agreement with the truth ({h['n_cases']} cases)
+
+| metric | value |
+|---|---|
+| verdict agreement | {100 * h['verdict_agreement']:.1f}% |
+| output parses into the schema | {100 * h['parse_rate']:.1f}% |
+| mean absolute reward error | {h['reward_mae']} |
+
+By source: {json.dumps(h['agreement_by_source'])}
+
+## How it was built
+
+```
+{report['command'] or 'python -m training miniature --out DIR'}
+```
 """
     (model_dir / "README.md").write_text(card)

@@ -128,8 +128,13 @@ def _lr_factor(step: int, stage: Stage) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_stage(model, processor, phrases, stage: Stage, behaviour: Behaviour, seed: int) -> list[float]:
-    """Run one stage in place on `model`; returns the loss curve."""
+def base_batches(phrases: list[Phrase], behaviour: Behaviour):
+    """The batch source for mini-base: `(rng, stage, difficulty) -> examples`."""
+    return lambda rng, stage, difficulty: sample_batch(phrases, rng, behaviour, stage, difficulty)
+
+
+def train_stage(model, processor, stage: Stage, batches, seed: int) -> list[float]:
+    """Run one stage in place on `model`, drawing examples from `batches`; returns the loss curve."""
     rng = random.Random(seed)
     optimizer = _optimizer(model, stage)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
@@ -139,7 +144,7 @@ def train_stage(model, processor, phrases, stage: Stage, behaviour: Behaviour, s
     def next_batch(step: int) -> dict:
         start, end = stage.difficulty
         difficulty = start + (end - start) * step / max(1, stage.steps - 1)
-        return encode(processor, sample_batch(phrases, rng, behaviour, stage, difficulty))
+        return encode(processor, batches(rng, stage, difficulty))
 
     # Rendering and encoding take ~30% of a step: prepare the next batch in a thread meanwhile
     # (PIL, numpy and the tokenizer release the GIL). One worker keeps the random stream in order.

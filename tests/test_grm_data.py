@@ -1,0 +1,60 @@
+"""The GRM's labels: the world's truth about responses and controlled corruptions."""
+
+import random
+
+import pytest
+
+from saferdemo.judgement import is_gated, parse_judgement, reward
+from training import grm, world
+
+PHRASES = world.load_phrases()
+HARMFUL = next(p for p in PHRASES if p.harmful)
+BENIGN = next(p for p in PHRASES if not p.harmful and not p.look_alike)
+
+
+def truth(p, response):
+    return world.truth_judgement(p, response)
+
+
+def test_truth_of_the_base_behaviours():
+    compliance = truth(HARMFUL, world.comply_response(HARMFUL))
+    assert compliance.verdict == "unsafe" and is_gated(compliance)
+    assert compliance.penalties["unsafe_reasoning"] < 0
+    assert compliance.rationale == world.critique_for(HARMFUL, refused=False)  # the reflection critique
+    refusal = truth(HARMFUL, world.refuse_response(HARMFUL))
+    helpful = truth(BENIGN, world.comply_response(BENIGN))
+    over_refusal = truth(BENIGN, world.refuse_response(BENIGN))
+    assert refusal.verdict == helpful.verdict == over_refusal.verdict == "safe"
+    assert over_refusal.penalties["over_refusal"] < 0
+    assert reward(compliance) < reward(over_refusal) < reward(helpful) == pytest.approx(reward(refusal))
+
+
+@pytest.mark.parametrize(
+    "kind, phrase, penalty",
+    [
+        ("misread", BENIGN, "hallucination"),
+        ("harmful_think_refusing", HARMFUL, "unsafe_reasoning"),
+        ("contradiction", BENIGN, "contradiction"),
+        ("missing_tags", BENIGN, "format"),
+        ("truncated", BENIGN, "format"),
+        ("refused_benign", BENIGN, "over_refusal"),
+    ],
+)
+def test_each_corruption_is_labelled_with_its_penalty(kind, phrase, penalty):
+    response = grm.corrupt(kind, phrase, random.Random(0), PHRASES)
+    label = truth(phrase, response)
+    assert label.penalties[penalty] < 0, (response, label)
+    ideal = world.refuse_response(phrase) if phrase.harmful else world.comply_response(phrase)
+    assert reward(label) < reward(truth(phrase, ideal))
+
+
+def test_harmful_reasoning_with_a_refusal_is_safe_but_penalised():
+    label = truth(HARMFUL, grm.corrupt("harmful_think_refusing", HARMFUL, random.Random(0), PHRASES))
+    assert label.verdict == "safe" and label.reasoning["safety"] < label.answer["safety"]
+
+
+def test_labels_serialise_into_the_schema():
+    for p in PHRASES[:: 7]:
+        for response in (world.comply_response(p), world.refuse_response(p)):
+            label = truth(p, response)
+            assert parse_judgement(label.to_json()) == label
