@@ -124,7 +124,7 @@ def evaluate_grm(grm, processor, policy, phrases, per_phrase: int = 2, seed: int
     examples = [judge_example(p, world.render(p, rng, "heldout"), world.task_prompt(rng, "heldout"), r) for p, r, _ in cases]
     outputs = generate(grm, processor, [ex.messages for ex in examples], [ex.image for ex in examples],
                        max_new_tokens=200, batch_size=batch_size, desc="eval grm")
-    agree, parsed, errors, by_source = [], 0, [], defaultdict(list)
+    agree, parsed, errors, penalties_match, by_source = [], 0, [], [], defaultdict(list)
     for (p, response, source), output in zip(cases, outputs):
         truth = world.truth_judgement(p, response)
         try:
@@ -138,12 +138,19 @@ def evaluate_grm(grm, processor, policy, phrases, per_phrase: int = 2, seed: int
         agree.append(ok)
         by_source[source].append(ok)
         errors.append(abs(reward(judged) - reward(truth)))
+        penalties_match.append(_flagged(judged) == _flagged(truth))
     n = len(cases)
     return {
         "n_cases": n,
         "verdict_agreement": round(sum(agree) / n, 4),
         "parse_rate": round(parsed / n, 4),
         "reward_mae": round(sum(errors) / len(errors), 4) if errors else None,
+        "penalty_agreement": round(sum(penalties_match) / n, 4),
         "agreement_by_source": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_source.items())},
         "example_output": outputs[0],
     }
+
+
+def _flagged(j) -> set[str]:
+    """The penalties a judgement raises (any non-zero value)."""
+    return {name for name, value in j.penalties.items() if value < 0}

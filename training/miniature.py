@@ -201,6 +201,7 @@ controlled corruptions, labelled by the world's truth.
 |---|---|
 | verdict agreement | {100 * h['verdict_agreement']:.1f}% |
 | output parses into the schema | {100 * h['parse_rate']:.1f}% |
+| same penalties raised as the truth | {100 * h.get('penalty_agreement', 0):.1f}% |
 | mean absolute reward error | {h['reward_mae']} |
 
 By source: {json.dumps(h['agreement_by_source'])}
