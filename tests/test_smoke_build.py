@@ -31,3 +31,9 @@ def test_smoke_build_end_to_end(tmp_path):
     grm = report["models"]["mini-grm"]
     assert json.loads((out / "mini-grm" / "judge_config.json").read_text())["rubric"] == grm["rubric"] == "short"
     assert 0.0 <= grm["heldout"]["verdict_agreement"] <= 1.0 and "judge" in grm["losses"]
+    curation = out / "curation"
+    candidates = [json.loads(line) for line in (curation / "candidates.jsonl").read_text().splitlines()]
+    kept = [json.loads(line) for line in (curation / "curated.jsonl").read_text().splitlines()]
+    assert len(candidates) == report["curation"]["candidates"] == 64
+    assert len(kept) == report["curation"]["kept"] and all(row["kept"] for row in kept)
+    assert (curation / candidates[0]["image"]).exists() and (curation / "curation.html").exists()

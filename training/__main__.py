@@ -17,15 +17,38 @@ def main(argv: list[str] | None = None) -> int:
     mini.add_argument("--out", required=True, type=Path, help="folder for checkpoints and report.json")
     mini.add_argument("--smoke", action="store_true", help="a tiny run (minutes) that exercises every stage")
     mini.add_argument("--recipe", type=Path, help="YAML recipe (default: recipes/miniature[-smoke].yaml)")
+    cur = commands.add_parser("curate", help="QI-Safe curation of the card world with a policy and a GRM")
+    cur.add_argument("--policy", required=True, type=Path, help="policy checkpoint (e.g. assets/models/mini-base)")
+    cur.add_argument("--grm", required=True, type=Path, help="GRM checkpoint (e.g. assets/models/mini-grm)")
+    cur.add_argument("--out", required=True, type=Path)
+    cur.add_argument("--samples", type=int, default=8, help="K samples per prompt")
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built locally
+    if args.command == "curate":
+        return _curate(args)
     from training.miniature import load_recipe, run
 
     recipe_path = args.recipe or RECIPES / ("miniature-smoke.yaml" if args.smoke else "miniature.yaml")
     report = run(load_recipe(recipe_path), args.out, command=" ".join(["python -m training", *argv]))
     print(f"wrote {args.out / 'report.json'}  (base: {report['models']['mini-base']['heldout']})")
+    return 0
+
+
+def _curate(args) -> int:
+    import json
+
+    from saferdemo.loading import load_model, load_processor
+    from training import world
+    from training.curate import CurationConfig, curate
+
+    judge_config = args.grm / "judge_config.json"
+    rubric = json.loads(judge_config.read_text())["rubric"] if judge_config.exists() else "full"
+    config = CurationConfig(samples=args.samples, rubric=rubric)
+    stats = curate(load_model(args.policy), load_model(args.grm), load_processor(args.policy),
+                   world.load_phrases(), config, args.out)
+    print(json.dumps(stats, indent=2))
     return 0
 
 

@@ -17,6 +17,7 @@ import yaml
 
 from saferdemo.loading import load_model, load_processor
 from training import grm, world
+from training.curate import CurationConfig, curate
 from training.evaluate import evaluate
 from training.sft import Behaviour, Stage, base_batches, train_stage
 from training.tiny_qwen import TinyQwenConfig, build_tiny_qwen, save_checkpoint
@@ -46,6 +47,12 @@ def run(recipe: dict, out_dir: str | Path, command: str = "") -> dict:
     models = {"mini-base": build_base(recipe, out_dir / "mini-base", phrases, timings)}
     if "grm" in recipe:
         models["mini-grm"] = build_grm(recipe, out_dir / "mini-grm", out_dir / "mini-base", phrases, timings)
+    curation = None
+    if "curation" in recipe:
+        policy, grm_model = load_model(out_dir / "mini-base"), load_model(out_dir / "mini-grm")
+        config = CurationConfig(**recipe["curation"], rubric=grm.RUBRIC)
+        processor = load_processor(out_dir / "mini-base")
+        curation = _timed(timings, "curation", curate, policy, grm_model, processor, phrases, config, out_dir / "curation")
     timings["total"] = time.perf_counter() - started
 
     report = {
@@ -54,6 +61,7 @@ def run(recipe: dict, out_dir: str | Path, command: str = "") -> dict:
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "world": world.describe(phrases),
         "models": models,
+        "curation": curation,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")

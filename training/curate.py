@@ -1,0 +1,130 @@
+"""Stage: QI-Safe curation. Keep the prompts on which the policy is *unstable*.
+
+For every candidate prompt (a training card and a phrasing) the policy answers K times at temperature 1
+and the GRM scores each answer. GRPO learns only from reward differences within a group, so a prompt the
+policy always gets right (high mean, no spread) or always gets wrong in the same way teaches nothing.
+SaFeR-VLM's QI-Safe keeps the "moderate quality, high instability" box: mean reward inside
+[mean_low, mean_high] and standard deviation at least std_min. Written to DIR: `curated.jsonl` (kept
+prompts, with their card images under `images/`), `candidates.jsonl` (all of them), `stats.json` and
+`curation.html` (a plotly scatter of mean against spread with the box drawn).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from saferdemo.judgement import JudgementParseError, judge_messages, parse_judgement, reward
+from saferdemo.prompts import user_turn
+from training import world
+from training.evaluate import generate
+
+
+@dataclass
+class CurationConfig:
+    prompts_per_phrase: int = 2
+    samples: int = 8  # K
+    mean_low: float = 0.15
+    mean_high: float = 0.85
+    std_min: float = 0.15
+    rubric: str = "short"
+    seed: int = 7
+
+
+def score_responses(grm, processor, cards, prompts, responses, rubric: str) -> list[float | None]:
+    """GRM reward for each response; None where the judge's output does not parse."""
+    convs = [judge_messages(prompt, response, rubric=rubric) for prompt, response in zip(prompts, responses)]
+    outputs = generate(grm, processor, convs, cards, max_new_tokens=200, desc="grm scoring")
+    rewards = []
+    for output in outputs:
+        try:
+            rewards.append(reward(parse_judgement(output)))
+        except JudgementParseError:
+            rewards.append(None)
+    return rewards
+
+
+def curate(policy, grm, processor, phrases, config: CurationConfig, out_dir: str | Path) -> dict:
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(config.seed)
+    candidates = []
+    for p in phrases:
+        for i in range(config.prompts_per_phrase):
+            image = world.render(p, rng, "train")
+            image_path = out_dir / "images" / f"{len(candidates):04d}.png"
+            image.save(image_path)
+            candidates.append({"phrase": p, "image": image, "image_path": image_path, "prompt": world.task_prompt(rng, "train")})
+
+    k = config.samples
+    convs = [[user_turn(c["prompt"])] for c in candidates for _ in range(k)]
+    cards = [c["image"] for c in candidates for _ in range(k)]
+    responses = generate(policy, processor, convs, cards, sample=True, desc="policy samples")
+    prompts = [c["prompt"] for c in candidates for _ in range(k)]
+    rewards = score_responses(grm, processor, cards, prompts, responses, config.rubric)
+
+    rows = []
+    for index, c in enumerate(candidates):
+        group = [r for r in rewards[index * k : (index + 1) * k] if r is not None]
+        mean = statistics.fmean(group) if group else None
+        std = statistics.pstdev(group) if len(group) > 1 else 0.0
+        keep = mean is not None and config.mean_low <= mean <= config.mean_high and std >= config.std_min
+        p = c["phrase"]
+        rows.append({
+            "image": str(c["image_path"].relative_to(out_dir)), "prompt": c["prompt"], "phrase": p.phrase,
+            "category": p.category, "harmful": p.harmful, "look_alike": p.look_alike,
+            "mean": None if mean is None else round(mean, 4), "std": round(std, 4),
+            "rewards": [None if r is None else round(r, 4) for r in rewards[index * k : (index + 1) * k]],
+            "parse_failures": k - len(group), "kept": keep,
+        })
+    _write_jsonl(out_dir / "candidates.jsonl", rows)
+    _write_jsonl(out_dir / "curated.jsonl", [r for r in rows if r["kept"]])
+    stats = _stats(rows, config)
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    _plot(rows, config, out_dir / "curation.html")
+    return stats
+
+
+def _stats(rows: list[dict], config: CurationConfig) -> dict:
+    kept = [r for r in rows if r["kept"]]
+    return {
+        "config": asdict(config),
+        "candidates": len(rows),
+        "kept": len(kept),
+        "kept_harmful": sum(r["harmful"] for r in kept),
+        "kept_by_category": dict(sorted(Counter(r["category"] for r in kept).items())),
+        "parse_failures": sum(r["parse_failures"] for r in rows),
+        "mean_reward_all": _mean(r["mean"] for r in rows if r["mean"] is not None),
+        "mean_std_kept": _mean(r["std"] for r in kept),
+    }
+
+
+def _mean(values) -> float | None:
+    values = list(values)
+    return round(statistics.fmean(values), 4) if values else None
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def _plot(rows: list[dict], config: CurationConfig, path: Path) -> None:
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for label, harmful in (("harmful", True), ("benign", False)):
+        subset = [r for r in rows if r["harmful"] == harmful and r["mean"] is not None]
+        fig.add_trace(go.Scatter(
+            x=[r["mean"] for r in subset], y=[r["std"] for r in subset], mode="markers", name=label,
+            text=[f"{r['phrase']}<br>{'kept' if r['kept'] else 'dropped'}" for r in subset],
+            marker={"symbol": ["circle" if r["kept"] else "x" for r in subset]},
+        ))
+    fig.add_shape(type="rect", x0=config.mean_low, x1=config.mean_high, y0=config.std_min, y1=0.5,
+                  line={"dash": "dash"}, fillcolor="rgba(0,128,0,0.08)")
+    fig.update_layout(title="QI-Safe curation: GRM reward per prompt (K samples)",
+                      xaxis_title="mean reward", yaxis_title="reward standard deviation")
+    fig.write_html(path, include_plotlyjs=True)
