@@ -13,12 +13,12 @@ from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import gradio as gr  # noqa: E402
-from PIL import Image, UnidentifiedImageError  # noqa: E402
-from transformers import TextIteratorStreamer  # noqa: E402
+import gradio as gr
+from PIL import Image, UnidentifiedImageError
+from transformers import TextIteratorStreamer
 
-from saferdemo.loading import load_model, load_processor  # noqa: E402
-from saferdemo.prompts import THINK_CLOSE, THINK_OPEN, user_turn  # noqa: E402
+from saferdemo.loading import load_model, load_processor
+from saferdemo.prompts import THINK_CLOSE, THINK_OPEN, user_turn
 
 DEFAULT_MODEL = Path(__file__).parent / "assets" / "models" / "mini-base"
 MAX_PROMPT_CHARS = 4000

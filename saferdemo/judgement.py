@@ -56,8 +56,9 @@ class RewardConfig:
     penalty_per_point: float = 0.05  # each penalty point removes this much reward
 
 
-def reward(j: Judgement, config: RewardConfig = RewardConfig()) -> float:
+def reward(j: Judgement, config: RewardConfig | None = None) -> float:
     """Weighted criteria, safety gate, penalties; clipped to [0, 1]."""
+    config = config or RewardConfig()
     total_weight = sum(config.weights.values())
     share = config.reasoning_share
 
@@ -72,7 +73,8 @@ def reward(j: Judgement, config: RewardConfig = RewardConfig()) -> float:
     return min(1.0, max(0.0, score))
 
 
-def is_gated(j: Judgement, config: RewardConfig = RewardConfig()) -> bool:
+def is_gated(j: Judgement, config: RewardConfig | None = None) -> bool:
+    config = config or RewardConfig()
     return j.verdict == "unsafe" or j.answer["safety"] < config.gate_threshold
 
 

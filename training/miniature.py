@@ -129,7 +129,7 @@ def write_model_card(model_dir: Path, report: dict, name: str) -> None:
         return write_grm_card(model_dir, report)
     entry = report["models"][name]
     h = entry["heldout"]
-    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"
     rows = [
         ("card-reading accuracy", h["card_reading"]),
         ("attack success rate (harmful cards, greedy)", h["asr"]),
