@@ -24,7 +24,7 @@ def test_smoke_build_end_to_end(tmp_path):
     assert set(base["losses"]) == {"read", "vary"}
     assert report["timings_s"]["total"] > 0
     assert (out / "mini-base" / "README.md").read_text().startswith("---")
-    for name in ("mini-base", "mini-grm"):
+    for name in ("mini-base", "mini-grm", "mini-safer"):
         model = AutoModelForImageTextToText.from_pretrained(out / name)
         assert model.config.model_type == "qwen2_5_vl"
         load_processor(out / name)
@@ -37,3 +37,7 @@ def test_smoke_build_end_to_end(tmp_path):
     assert len(candidates) == report["curation"]["candidates"] == 64
     assert len(kept) == report["curation"]["kept"] and all(row["kept"] for row in kept)
     assert (curation / candidates[0]["image"]).exists() and (curation / "curation.html").exists()
+    safer = report["models"]["mini-safer"]
+    assert set(safer["rollouts"]) == {"drafts", "flagged", "reflected", "corrected"}
+    assert safer["rollouts"]["drafts"] == 4 and len(safer["reward_curve"]) == 2
+    assert "mini-base" in (out / "mini-safer" / "README.md").read_text()

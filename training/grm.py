@@ -111,7 +111,8 @@ def grm_batches(phrases: list[Phrase], pool: dict[str, list[str]], corruption_ra
 # ---------------------------------------------------------------- evaluation
 
 
-def evaluate_grm(grm, processor, policy, phrases, per_phrase: int = 2, seed: int = 4321, batch_size: int = 16) -> dict:
+def evaluate_grm(grm, processor, policy, phrases, per_phrase: int = 2, seed: int = 4321, batch_size: int = 16,
+                 max_new_tokens: int = 200) -> dict:
     """GRM vs truth on held-out cards: policy samples and corruptions, half and half."""
     rng = random.Random(seed)
     pool = sample_policy_responses(policy, processor, phrases, per_phrase, "heldout", seed)
@@ -123,7 +124,7 @@ def evaluate_grm(grm, processor, policy, phrases, per_phrase: int = 2, seed: int
         cases.append((p, corrupt(kind, p, rng, phrases), kind))
     examples = [judge_example(p, world.render(p, rng, "heldout"), world.task_prompt(rng, "heldout"), r) for p, r, _ in cases]
     outputs = generate(grm, processor, [ex.messages for ex in examples], [ex.image for ex in examples],
-                       max_new_tokens=200, batch_size=batch_size, desc="eval grm")
+                       max_new_tokens=max_new_tokens, batch_size=batch_size, desc="eval grm")
     agree, parsed, errors, penalties_match, by_source = [], 0, [], [], defaultdict(list)
     for (p, response, source), output in zip(cases, outputs):
         truth = world.truth_judgement(p, response)

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from saferdemo.loading import load_model, load_processor
-from training import grm, world
+from training import grm, grpo, world
 from training.curate import CurationConfig, curate
 from training.evaluate import evaluate
 from training.sft import Behaviour, Stage, base_batches, train_stage
@@ -53,6 +53,8 @@ def run(recipe: dict, out_dir: str | Path, command: str = "") -> dict:
         config = CurationConfig(**recipe["curation"], rubric=grm.RUBRIC)
         processor = load_processor(out_dir / "mini-base")
         curation = _timed(timings, "curation", curate, policy, grm_model, processor, phrases, config, out_dir / "curation")
+    if "grpo" in recipe:
+        models["mini-safer"] = build_safer(recipe, out_dir, phrases, timings)
     timings["total"] = time.perf_counter() - started
 
     report = {
@@ -124,15 +126,41 @@ def build_grm(recipe: dict, folder: Path, base_folder: Path, phrases, timings: d
     return _entry(model, folder, rubric=grm.RUBRIC, losses=losses, heldout=heldout)
 
 
+def build_safer(recipe: dict, out_dir: Path, phrases, timings: dict) -> dict:
+    """mini-safer: mini-base after GRPO with safety-aware rollouts on the curated prompts (training/grpo.py)."""
+    curation_dir = out_dir / "curation"
+    rows = _jsonl(curation_dir / "curated.jsonl") or _jsonl(curation_dir / "candidates.jsonl")  # smoke: none kept
+    processor = load_processor(out_dir / "mini-base")
+    judge = grpo.GRMJudge(load_model(out_dir / "mini-grm"), processor, grm.RUBRIC)
+    config = grpo.GRPOStageConfig(**recipe["grpo"])
+    folder = out_dir / "mini-safer"
+    model, log, history = _timed(timings, "grpo", grpo.train_safer, load_model(out_dir / "mini-base"), processor, judge,
+                                 grpo.curated_dataset(curation_dir, rows), config, str(out_dir / "grpo-run"))
+    save_checkpoint(model, processor, folder)
+    heldout = _timed(timings, "evaluate_safer", evaluate, model, processor, phrases, **recipe["eval"])
+    examples = heldout.pop("examples")
+    rewards = [float(h["reward"]) for h in history if "reward" in h]
+    return _entry(model, folder, grpo=asdict(config), curated_prompts=len(rows), rollouts=log.totals(),
+                  reward_curve=[round(r, 4) for r in rewards], heldout=heldout, examples=examples)
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def write_model_card(model_dir: Path, report: dict, name: str) -> None:
     if name == "mini-grm":
         return write_grm_card(model_dir, report)
+    if name == "mini-safer":
+        return write_safer_card(model_dir, report)
     entry = report["models"][name]
     h = entry["heldout"]
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"
     rows = [
         ("card-reading accuracy", h["card_reading"]),
         ("attack success rate (harmful cards, greedy)", h["asr"]),
+        ("safety (harmful cards answered safely)", h.get("safety")),
+        ("unsafe reasoning (harmful cards)", h.get("unsafe_reasoning")),
         ("helpfulness on benign cards", h["helpfulness"]),
         ("refusal of look-alike cards", h["look_alike_refusal"]),
         ("`<think>` opened and closed", h["think_closed"]),
@@ -213,6 +241,46 @@ controlled corruptions, labelled by the world's truth.
 | mean absolute reward error | {h['reward_mae']} |
 
 By source: {json.dumps(h['agreement_by_source'])}
+
+## How it was built
+
+```
+{report['command'] or 'python -m training miniature --out DIR'}
+```
+"""
+    (model_dir / "README.md").write_text(card)
+
+
+def write_safer_card(model_dir: Path, report: dict) -> None:
+    entry, base = report["models"]["mini-safer"], report["models"]["mini-base"]
+    rows = [("attack success rate (greedy)", "asr"), ("safety (harmful cards answered safely)", "safety"),
+            ("unsafe reasoning", "unsafe_reasoning"), ("self-correction (unsafe reasoning, safe answer)", "self_correction"),
+            ("sampled ASR (T=1)", "sampled_asr"),
+            ("helpfulness on benign", "helpfulness"), ("look-alike refusal", "look_alike_refusal"),
+            ("card reading", "card_reading"), ("`<think>` closed", "think_closed")]
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    table = "\n".join(
+        f"| {label} | {pct(base['heldout'].get(k))} | {pct(entry['heldout'].get(k))} |" for label, k in rows
+    )
+    r = entry["rollouts"]
+    card = f"""---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [saferdemo, miniature, qwen2_5_vl, safety, grpo]
+---
+# mini-safer
+
+The miniature **SaFeR-aligned model** ({entry['parameters'] / 1e6:.2f} M parameters, {entry['size_mb']} MB):
+mini-base after GRPO (TRL, LoRA r={entry['grpo']['lora_r']}, merged) on {entry['curated_prompts']} QI-Safe-curated
+prompts, rewarded by mini-grm, with safety-aware rollouts: of {r['drafts']} sampled drafts the GRM flagged
+{r['flagged']}, the policy reflected on {r['reflected']} and {r['corrected']} came out safe and replaced the draft.
+
+## Held-out, against mini-base
+
+| metric | mini-base | mini-safer |
+|---|---|---|
+{table}
 
 ## How it was built
 

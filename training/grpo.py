@@ -1,0 +1,206 @@
+"""Stage: safety-aware rollouts + GRPO, making the SaFeR-aligned model (mini-safer).
+
+TRL's `GRPOTrainer` trains a LoRA adapter on the curated prompts, rewarded by the GRM. What SaFeR adds is
+the rollout (`SafetyAwareRollout`, TRL's `rollout_func` hook):
+
+1. the policy samples the group for each prompt, as TRL would;
+2. the GRM judges every draft; a draft it flags unsafe (verdict "unsafe" or the safety gate closed) is not
+   discarded: the policy itself gets the reflection prompt (its draft + the GRM's rationale as critique)
+   and writes `<reflection>…</reflection>` then a corrected response;
+3. the corrected response (only the part after `</reflection>`) replaces the draft *as a completion of
+   the original prompt*, and the reward function re-scores it with the GRM.
+
+Choices, written down: only completion tokens are trained (TRL's completion mask); the reflection text is
+not trained on, only the corrected response; with `num_iterations=1` the old log-probs equal the current
+ones (ratio 1), so the replaced completions get no off-policy correction, as in the paper's on-policy
+setting; `beta=0` loads no reference model. Details and measurements: notes/trl-grpo-1.16.md.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
+
+from saferdemo.judgement import Judgement, JudgementParseError, is_gated, judge_messages, parse_judgement, reward
+from saferdemo.prompts import REFLECTION_CLOSE, reflection_messages
+from training.evaluate import generate
+
+
+@dataclass
+class GRPOStageConfig:
+    steps: int = 60
+    lr: float = 5e-4
+    num_generations: int = 4
+    prompts_per_step: int = 2
+    max_completion_length: int = 96
+    reflection_budget: int = 64  # extra tokens the reflection may spend before its corrected response
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    seed: int = 0
+
+
+class GRMJudge:
+    """Judge (image, request, response) triples with a generative reward model."""
+
+    def __init__(self, model, processor, rubric: str):
+        self.model, self.processor, self.rubric = model, processor, rubric
+
+    def __call__(self, images, requests, responses) -> list[Judgement | None]:
+        convs = [judge_messages(q, r, rubric=self.rubric) for q, r in zip(requests, responses)]
+        outputs = generate(self.model, self.processor, convs, list(images), max_new_tokens=200, desc="grm")
+        judgements = []
+        for output in outputs:
+            try:
+                judgements.append(parse_judgement(output))
+            except JudgementParseError:
+                judgements.append(None)  # counted, scored as the lowest reward
+        return judgements
+
+
+def flagged(j: Judgement | None) -> bool:
+    return j is not None and is_gated(j)
+
+
+@dataclass
+class RolloutLog:
+    """Per step: how many drafts the GRM flagged, how many were reflected and how many came out safe."""
+
+    steps: list[dict] = field(default_factory=list)
+
+    def totals(self) -> dict:
+        keys = ("drafts", "flagged", "reflected", "corrected")
+        return {k: sum(s[k] for s in self.steps) for k in keys}
+
+
+class SafetyAwareRollout:
+    """TRL `rollout_func`: sample the group, reflect and replace the drafts the GRM flags unsafe."""
+
+    def __init__(self, judge: GRMJudge, reflection_budget: int, log: RolloutLog):
+        self.judge, self.reflection_budget, self.log = judge, reflection_budget, log
+
+    def __call__(self, prompts: list, trainer) -> dict:
+        n = trainer.num_generations if trainer.model.training else trainer.num_generations_eval
+        prompt_ids, images, mm_fields = trainer._tokenize_prompts(prompts)
+        completion_ids, _ = trainer._generate_single_turn(prompt_ids, images, mm_fields, n)
+        decode = trainer.processing_class.batch_decode
+        drafts = decode(completion_ids, skip_special_tokens=True)
+        rows = trainer._rollout_rows  # the dataset rows, in the same order (see SaferGRPOTrainer)
+        requests = [row["request"] for row in rows]
+        cards = [row["image"] for row in rows]
+        judgements = self.judge(cards, requests, drafts)
+        to_reflect = [i for i, j in enumerate(judgements) if flagged(j)]
+        revised = [False] * len(drafts)
+        for i, ids in zip(to_reflect, self._reflect(trainer, prompts, drafts, judgements, to_reflect, n)):
+            if ids:  # TRL cannot take an empty completion: keep the draft then
+                completion_ids[i], revised[i] = ids, True
+        finals = decode(completion_ids, skip_special_tokens=True)
+        rescored = self.judge([cards[i] for i in to_reflect], [requests[i] for i in to_reflect], [finals[i] for i in to_reflect])
+        for i, j in zip(to_reflect, rescored):
+            judgements[i] = j
+        self.log.steps.append({
+            "drafts": len(drafts), "flagged": len(to_reflect), "reflected": sum(revised),
+            "corrected": sum(1 for i in to_reflect if revised[i] and not flagged(judgements[i])),
+        })
+        return {
+            "prompt_ids": prompt_ids,  # the ORIGINAL prompt: corrections are trained as its completions
+            "completion_ids": completion_ids,
+            "logprobs": None,
+            "grm_reward": [0.0 if j is None else reward(j) for j in judgements],
+            "revised": revised,
+        }
+
+    def _reflect(self, trainer, prompts, drafts, judgements, indices, n) -> list[list[int]]:
+        if not indices:
+            return []
+        convs = [reflection_messages(prompts[i], drafts[i], judgements[i].rationale or "The response is unsafe.") for i in indices]
+        ids, images, mm_fields = trainer._tokenize_prompts(convs)
+        config = trainer.generation_config
+        limit = config.max_new_tokens
+        config.max_new_tokens = limit + self.reflection_budget
+        try:
+            outputs, _ = trainer._generate_single_turn(ids, images, mm_fields, n)
+        finally:
+            config.max_new_tokens = limit
+        close = trainer._tokenizer.convert_tokens_to_ids(REFLECTION_CLOSE)
+        newline = trainer._tokenizer("\n", add_special_tokens=False)["input_ids"]
+        corrected = []
+        for out in outputs:
+            out = list(out)
+            if close not in out:
+                corrected.append([])  # no reflection: nothing to replace the draft with
+                continue
+            out = out[out.index(close) + 1 :]
+            if out[: len(newline)] == newline:
+                out = out[len(newline) :]
+            corrected.append(out[: trainer.max_completion_length])
+        return corrected
+
+
+def rollout_reward(prompts, completions, grm_reward, **kwargs) -> list[float]:
+    """The GRM reward the rollout computed for each final completion (re-scored after reflection)."""
+    return list(grm_reward)
+
+
+def train_safer(policy, processor, judge: GRMJudge, dataset, config: GRPOStageConfig, out_dir: str):
+    """GRPO with safety-aware rollouts and LoRA; returns (merged model, rollout log, trainer log history)."""
+    from peft import LoraConfig
+    from trl import GRPOConfig, GRPOTrainer
+
+    class SaferGRPOTrainer(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            self._rollout_rows = inputs  # rollout_func receives only prompts; it needs the rows' cards
+            return super()._generate_and_score_completions(inputs)
+
+    log = RolloutLog()
+    args = GRPOConfig(
+        output_dir=out_dir,
+        use_cpu=True,
+        bf16=False,
+        activation_checkpointing=False,
+        beta=0.0,
+        num_generations=config.num_generations,
+        per_device_train_batch_size=config.num_generations * config.prompts_per_step,
+        max_completion_length=config.max_completion_length,
+        max_steps=config.steps,
+        learning_rate=config.lr,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        dataloader_num_workers=0,
+        seed=config.seed,
+        disable_tqdm=False,
+    )
+    trainer = SaferGRPOTrainer(
+        model=policy,
+        reward_funcs=rollout_reward,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        peft_config=LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_targets,
+                               task_type="CAUSAL_LM"),
+        rollout_func=SafetyAwareRollout(judge, config.reflection_budget, log),
+    )
+    trainer.train()
+    merged = trainer.model.merge_and_unload()
+    merged.eval()
+    return merged, log, trainer.state.log_history
+
+
+def curated_dataset(curation_dir, rows: list[dict]):
+    """A TRL dataset from curated rows: conversational prompt (TRL inserts the image), the card, the request."""
+    from datasets import Dataset
+    from PIL import Image
+
+    def load(path):
+        with Image.open(curation_dir / path) as image:
+            return image.convert("RGB")
+
+    return Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": row["prompt"]}] for row in rows],
+        "image": [load(row["image"]) for row in rows],
+        "request": [row["prompt"] for row in rows],
+        "phrase": [row["phrase"] for row in rows],
+    })
