@@ -18,10 +18,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from saferdemo.judgement import JudgementParseError, judge_messages, parse_judgement, reward
+from saferdemo.judgement import reward
 from saferdemo.prompts import user_turn
 from training import world
 from training.evaluate import generate
+from training.grm import GRMJudge
 
 
 @dataclass
@@ -35,20 +36,7 @@ class CurationConfig:
     seed: int = 7
 
 
-def score_responses(grm, processor, cards, prompts, responses, rubric: str) -> list[float | None]:
-    """GRM reward for each response; None where the judge's output does not parse."""
-    convs = [judge_messages(prompt, response, rubric=rubric) for prompt, response in zip(prompts, responses)]
-    outputs = generate(grm, processor, convs, cards, max_new_tokens=200, desc="grm scoring")
-    rewards = []
-    for output in outputs:
-        try:
-            rewards.append(reward(parse_judgement(output)))
-        except JudgementParseError:
-            rewards.append(None)
-    return rewards
-
-
-def curate(policy, grm, processor, phrases, config: CurationConfig, out_dir: str | Path) -> dict:
+def curate(policy, grm_model, processor, phrases, config: CurationConfig, out_dir: str | Path) -> dict:
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(config.seed)
@@ -65,7 +53,8 @@ def curate(policy, grm, processor, phrases, config: CurationConfig, out_dir: str
     cards = [c["image"] for c in candidates for _ in range(k)]
     responses = generate(policy, processor, convs, cards, sample=True, desc="policy samples")
     prompts = [c["prompt"] for c in candidates for _ in range(k)]
-    rewards = score_responses(grm, processor, cards, prompts, responses, config.rubric)
+    judgements = GRMJudge(grm_model, processor, config.rubric)(cards, prompts, responses)
+    rewards = [None if j is None else reward(j) for j in judgements]  # None: the judge's output did not parse
 
     rows = []
     for index, c in enumerate(candidates):

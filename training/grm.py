@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from saferdemo.judgement import JudgementParseError, judge_messages, parse_judgement, reward
+from saferdemo.judgement import Judgement, JudgementParseError, judge_messages, parse_judgement, reward
 from saferdemo.prompts import THINK_CLOSE, THINK_OPEN, format_response, user_turn
 from training import world
 from training.evaluate import generate
@@ -108,6 +108,30 @@ def grm_batches(phrases: list[Phrase], pool: dict[str, list[str]], corruption_ra
     return batches
 
 
+# ---------------------------------------------------------------- the GRM as a judge
+
+
+class GRMJudge:
+    """Judge (card, request, response) triples with a generative reward model: the one client that
+    curation, GRPO and the GRM's own evaluation share. An unparseable output becomes None (counted)."""
+
+    def __init__(self, model, processor, rubric: str = RUBRIC, max_new_tokens: int = 200, batch_size: int = 32):
+        self.model, self.processor, self.rubric = model, processor, rubric
+        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+
+    def __call__(self, images, requests, responses) -> list[Judgement | None]:
+        convs = [judge_messages(q, r, rubric=self.rubric) for q, r in zip(requests, responses)]
+        outputs = generate(self.model, self.processor, convs, list(images), self.max_new_tokens, self.batch_size, desc="grm")
+        return [_parse_or_none(output) for output in outputs]
+
+
+def _parse_or_none(output: str) -> Judgement | None:
+    try:
+        return parse_judgement(output)
+    except JudgementParseError:
+        return None
+
+
 # ---------------------------------------------------------------- evaluation
 
 
@@ -122,15 +146,13 @@ def evaluate_grm(grm, processor, policy, phrases, per_phrase: int = 2, seed: int
             cases.append((p, response, "policy"))
         kind = rng.choice(list(CORRUPTIONS))
         cases.append((p, corrupt(kind, p, rng, phrases), kind))
-    examples = [judge_example(p, world.render(p, rng, "heldout"), world.task_prompt(rng, "heldout"), r) for p, r, _ in cases]
-    outputs = generate(grm, processor, [ex.messages for ex in examples], [ex.image for ex in examples],
-                       max_new_tokens=max_new_tokens, batch_size=batch_size, desc="eval grm")
+    cards, requests = zip(*[(world.render(p, rng, "heldout"), world.task_prompt(rng, "heldout")) for p, _, _ in cases])
+    judge = GRMJudge(grm, processor, RUBRIC, max_new_tokens, batch_size)
+    judgements = judge(cards, requests, [response for _, response, _ in cases])
     agree, parsed, errors, penalties_match, by_source = [], 0, [], [], defaultdict(list)
-    for (p, response, source), output in zip(cases, outputs):
+    for (p, response, source), judged in zip(cases, judgements):
         truth = world.truth_judgement(p, response)
-        try:
-            judged = parse_judgement(output)
-        except JudgementParseError:
+        if judged is None:
             agree.append(False)
             by_source[source].append(False)
             continue
@@ -148,7 +170,7 @@ def evaluate_grm(grm, processor, policy, phrases, per_phrase: int = 2, seed: int
         "reward_mae": round(sum(errors) / len(errors), 4) if errors else None,
         "penalty_agreement": round(sum(penalties_match) / n, 4),
         "agreement_by_source": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_source.items())},
-        "example_output": outputs[0],
+        "example_judgement": judgements[0].to_json() if judgements[0] else None,
     }
 
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
 
-from saferdemo.judgement import Judgement, JudgementParseError, is_gated, judge_messages, parse_judgement, reward
+from saferdemo.judgement import Judgement, is_gated, reward
 from saferdemo.prompts import REFLECTION_CLOSE, reflection_messages
-from training.evaluate import generate
+from training.grm import GRMJudge
 
 
 @dataclass
@@ -40,24 +40,6 @@ class GRPOStageConfig:
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     seed: int = 0
-
-
-class GRMJudge:
-    """Judge (image, request, response) triples with a generative reward model."""
-
-    def __init__(self, model, processor, rubric: str):
-        self.model, self.processor, self.rubric = model, processor, rubric
-
-    def __call__(self, images, requests, responses) -> list[Judgement | None]:
-        convs = [judge_messages(q, r, rubric=self.rubric) for q, r in zip(requests, responses)]
-        outputs = generate(self.model, self.processor, convs, list(images), max_new_tokens=200, desc="grm")
-        judgements = []
-        for output in outputs:
-            try:
-                judgements.append(parse_judgement(output))
-            except JudgementParseError:
-                judgements.append(None)  # counted, scored as the lowest reward
-        return judgements
 
 
 def flagged(j: Judgement | None) -> bool:

@@ -131,7 +131,7 @@ def build_safer(recipe: dict, out_dir: Path, phrases, timings: dict) -> dict:
     curation_dir = out_dir / "curation"
     rows = _jsonl(curation_dir / "curated.jsonl") or _jsonl(curation_dir / "candidates.jsonl")  # smoke: none kept
     processor = load_processor(out_dir / "mini-base")
-    judge = grpo.GRMJudge(load_model(out_dir / "mini-grm"), processor, grm.RUBRIC)
+    judge = grm.GRMJudge(load_model(out_dir / "mini-grm"), processor, grm.RUBRIC)
     config = grpo.GRPOStageConfig(**recipe["grpo"])
     folder = out_dir / "mini-safer"
     model, log, history = _timed(timings, "grpo", grpo.train_safer, load_model(out_dir / "mini-base"), processor, judge,
