@@ -1,5 +1,10 @@
 """Load a Qwen2.5-VL-style checkpoint and its processor. Everything in the project loads through here.
 
+A checkpoint is a local folder or a hub id, either full weights or a PEFT LoRA adapter (its
+`adapter_config.json` names the base, which is loaded and merged). The device defaults to the GPU in
+bfloat16 when there is one, else the CPU in float32. `trust_remote_code` stays off unless asked for.
+`max_pixels` caps how many pixels an image may keep after resizing, so a large upload cannot exhaust memory.
+
 Qwen2.5-VL's processor includes a video processor that needs torchvision. Where torchvision is missing
 (CPU-only machines: PyPI has no CPU build of it), `AutoProcessor` cannot load the folder, so we build the
 same processor without its video part: images and text work exactly as with the full processor.
@@ -8,8 +13,10 @@ same processor without its video part: images and text work exactly as with the 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
+import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, Qwen2VLImageProcessorPil
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 
@@ -31,14 +38,55 @@ def has_torchvision() -> bool:
     return True
 
 
-def load_processor(path: str | Path, **kwargs):
+class ModelLoadError(RuntimeError):
+    """A checkpoint could not be loaded; the message says which and why."""
+
+
+def pick_device(device: str | None = None) -> str:
+    return device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pick_dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+
+
+def adapter_base(path: str | Path) -> str | None:
+    """The base model a local LoRA adapter folder was trained on, or None for a full checkpoint."""
+    config = Path(path) / "adapter_config.json"
+    return json.loads(config.read_text())["base_model_name_or_path"] if config.is_file() else None
+
+
+def load_processor(path: str | Path, max_pixels: int | None = None, trust_remote_code: bool = False):
     """The checkpoint's processor: `AutoProcessor` with torchvision, the image-only processor without."""
-    if has_torchvision():
-        return AutoProcessor.from_pretrained(path, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, **kwargs)
+    if adapter_base(path) and not (Path(path) / "tokenizer_config.json").is_file():
+        path = adapter_base(path)  # an adapter saved without its processor: use the base's
+    kwargs = {"max_pixels": max_pixels} if max_pixels else {}
+    try:
+        if has_torchvision():
+            return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, **kwargs)
+    except OSError as error:
+        raise ModelLoadError(f"cannot load the processor of {path}: {_first_line(error)}") from error
     return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template)
 
 
-def load_model(path: str | Path, **kwargs):
-    return AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+def load_model(path: str | Path, device: str | None = None, dtype: torch.dtype | None = None,
+               trust_remote_code: bool = False):
+    """Weights on `device` (default: GPU if any) in eval mode; a LoRA adapter is merged into its base."""
+    device = pick_device(device)
+    kwargs = {"dtype": dtype or pick_dtype(device), "trust_remote_code": trust_remote_code}
+    base = adapter_base(path)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(base or path, **kwargs)
+        if base:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+    except (OSError, ValueError) as error:
+        raise ModelLoadError(f"cannot load the model {path}: {_first_line(error)}") from error
+    return model.to(device).eval()
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -103,3 +103,11 @@ def test_judge_messages_put_the_image_first():
     with pytest.raises(ValueError, match="unknown rubric"):
         judge_messages("a", "b", rubric="long")
     assert set(CRITERIA) == {"safety", "helpfulness", "coherence", "grounding"}
+
+
+def test_over_refusal_costs_more_than_other_penalties():
+    clean = reward(judgement(helpful=8))
+    assert reward(judgement(helpful=8, hallucination=-2)) == pytest.approx(clean - 0.1)
+    assert reward(judgement(helpful=8, over_refusal=-2)) == pytest.approx(clean - 0.3)
+    plain = RewardConfig(penalty_scale={})
+    assert reward(judgement(helpful=8, over_refusal=-2), plain) == pytest.approx(clean - 0.1)

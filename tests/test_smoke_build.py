@@ -35,7 +35,8 @@ def test_smoke_build_end_to_end(tmp_path):
     candidates = [json.loads(line) for line in (curation / "candidates.jsonl").read_text().splitlines()]
     kept = [json.loads(line) for line in (curation / "curated.jsonl").read_text().splitlines()]
     assert len(candidates) == report["curation"]["candidates"] == 64
-    assert len(kept) == report["curation"]["kept"] and all(row["kept"] for row in kept)
+    assert len(kept) == report["curation"]["kept"] + report["curation"]["anchors"]
+    assert all(row["kept"] or (row["anchor"] and not row["harmful"]) for row in kept)
     assert (curation / candidates[0]["image"]).exists() and (curation / "curation.html").exists()
     safer = report["models"]["mini-safer"]
     assert set(safer["rollouts"]) == {"drafts", "flagged", "reflected", "corrected"}

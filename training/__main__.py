@@ -1,4 +1,9 @@
-"""`python -m training miniature --out DIR [--smoke] [--recipe PATH]`: build the miniature model family."""
+"""Training commands.
+
+  python -m training miniature --out DIR [--smoke] [--recipe PATH]   build the miniature model family
+  python -m training curate --policy P --grm G --out DIR              QI-Safe curation of the card world
+  python -m training safer --recipe R --out DIR                       curation + GRPO for a real checkpoint
+"""
 
 from __future__ import annotations
 
@@ -22,10 +27,15 @@ def main(argv: list[str] | None = None) -> int:
     cur.add_argument("--grm", required=True, type=Path, help="GRM checkpoint (e.g. assets/models/mini-grm)")
     cur.add_argument("--out", required=True, type=Path)
     cur.add_argument("--samples", type=int, default=8, help="K samples per prompt")
+    safer = commands.add_parser("safer", help="SaFeR curation + GRPO of a real checkpoint (recipes/qwen2.5-vl-*.yaml)")
+    safer.add_argument("--recipe", required=True, type=Path)
+    safer.add_argument("--out", required=True, type=Path)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is built locally
+    if args.command == "safer":
+        return _safer(args)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the miniature world is built locally
     if args.command == "curate":
         return _curate(args)
     from training.miniature import load_recipe, run
@@ -41,14 +51,29 @@ def _curate(args) -> int:
 
     from saferdemo.loading import load_model, load_processor
     from training import world
-    from training.curate import CurationConfig, curate
+    from training.curate import CurationConfig, curate, world_candidates
+    from training.grm import GRMJudge
 
     judge_config = args.grm / "judge_config.json"
     rubric = json.loads(judge_config.read_text())["rubric"] if judge_config.exists() else "full"
     config = CurationConfig(samples=args.samples, rubric=rubric)
-    stats = curate(load_model(args.policy), load_model(args.grm), load_processor(args.policy),
-                   world.load_phrases(), config, args.out)
+    processor = load_processor(args.policy)
+    judge = GRMJudge(load_model(args.grm), load_processor(args.grm), rubric)
+    stats = curate(load_model(args.policy), judge, processor, world_candidates(world.load_phrases(), 2, config.seed),
+                   config, args.out)
     print(json.dumps(stats, indent=2))
+    return 0
+
+
+def _safer(args) -> int:
+    import json
+
+    from training.miniature import load_recipe
+    from training.safer import run
+
+    report = run(load_recipe(args.recipe), args.out)  # paths in the recipe are relative to the working directory
+    if report:  # empty on the other processes of a multi-GPU run
+        print(json.dumps({k: report[k] for k in ("curation", "rollouts", "timings_s")}, indent=2))
     return 0
 
 

@@ -13,12 +13,17 @@ the rollout (`SafetyAwareRollout`, TRL's `rollout_func` hook):
 Choices, written down: only completion tokens are trained (TRL's completion mask); the reflection text is
 not trained on, only the corrected response; with `num_iterations=1` the old log-probs equal the current
 ones (ratio 1), so the replaced completions get no off-policy correction, as in the paper's on-policy
-setting; `beta=0` loads no reference model. Details and measurements: notes/trl-grpo-1.16.md.
+setting. With vLLM the drafts keep vLLM's sampling log-probs and the corrected responses get NaN, which TRL
+reads as "no importance correction" for those tokens. A KL term (`beta`, reference = the policy with the
+LoRA adapter switched off, so no second model in memory) keeps benign behaviour in place: measured on the
+miniature world, beta 0 let look-alike refusal climb to 70%, beta 0.04 kept it under 2%.
+Details and measurements: notes/trl-grpo-1.16.md.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
@@ -36,10 +41,13 @@ class GRPOStageConfig:
     prompts_per_step: int = 2
     max_completion_length: int = 96
     reflection_budget: int = 64  # extra tokens the reflection may spend before its corrected response
+    beta: float = 0.0  # KL weight to the base policy; with LoRA the reference is the adapter switched off
     lora_r: int = 8
     lora_alpha: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     seed: int = 0
+    # Passed to trl.GRPOConfig as is (GPU recipes: bf16, use_vllm, vllm_mode, gradient_checkpointing, ...).
+    trl: dict = field(default_factory=dict)
 
 
 def flagged(j: Judgement | None) -> bool:
@@ -66,7 +74,7 @@ class SafetyAwareRollout:
     def __call__(self, prompts: list, trainer) -> dict:
         n = trainer.num_generations if trainer.model.training else trainer.num_generations_eval
         prompt_ids, images, mm_fields = trainer._tokenize_prompts(prompts)
-        completion_ids, _ = trainer._generate_single_turn(prompt_ids, images, mm_fields, n)
+        completion_ids, logprobs = trainer._generate_single_turn(prompt_ids, images, mm_fields, n)
         decode = trainer.processing_class.batch_decode
         drafts = decode(completion_ids, skip_special_tokens=True)
         rows = trainer._rollout_rows  # the dataset rows, in the same order (see SaferGRPOTrainer)
@@ -78,6 +86,10 @@ class SafetyAwareRollout:
         for i, ids in zip(to_reflect, self._reflect(trainer, prompts, drafts, judgements, to_reflect, n)):
             if ids:  # TRL cannot take an empty completion: keep the draft then
                 completion_ids[i], revised[i] = ids, True
+        if logprobs is not None:  # vLLM: a corrected response was not sampled from the prompt alone; NaN makes
+            for i in to_reflect:  # TRL's importance ratio exactly 1 for its tokens (no off-policy correction)
+                if revised[i]:
+                    logprobs[i] = [float("nan")] * len(completion_ids[i])
         finals = decode(completion_ids, skip_special_tokens=True)
         rescored = self.judge([cards[i] for i in to_reflect], [requests[i] for i in to_reflect], [finals[i] for i in to_reflect])
         for i, j in zip(to_reflect, rescored):
@@ -89,7 +101,7 @@ class SafetyAwareRollout:
         return {
             "prompt_ids": prompt_ids,  # the ORIGINAL prompt: corrections are trained as its completions
             "completion_ids": completion_ids,
-            "logprobs": None,
+            "logprobs": logprobs,  # None without vLLM
             "grm_reward": [0.0 if j is None else reward(j) for j in judgements],
             "revised": revised,
         }
@@ -99,13 +111,8 @@ class SafetyAwareRollout:
             return []
         convs = [reflection_messages(prompts[i], drafts[i], judgements[i].rationale or "The response is unsafe.") for i in indices]
         ids, images, mm_fields = trainer._tokenize_prompts(convs)
-        config = trainer.generation_config
-        limit = config.max_new_tokens
-        config.max_new_tokens = limit + self.reflection_budget
-        try:
+        with _longer_generation(trainer, self.reflection_budget):
             outputs, _ = trainer._generate_single_turn(ids, images, mm_fields, n)
-        finally:
-            config.max_new_tokens = limit
         close = trainer._tokenizer.convert_tokens_to_ids(REFLECTION_CLOSE)
         newline = trainer._tokenizer("\n", add_special_tokens=False)["input_ids"]
         corrected = []
@@ -121,6 +128,21 @@ class SafetyAwareRollout:
         return corrected
 
 
+@contextmanager
+def _longer_generation(trainer, extra_tokens: int):
+    """Let the reflection spend `extra_tokens` more than a completion, on either generation backend."""
+    vllm = getattr(trainer, "vllm_generation", None) if trainer.use_vllm else None
+    limits = [(trainer.generation_config, "max_new_tokens")] + ([(vllm, "max_completion_length")] if vllm else [])
+    saved = [getattr(obj, name) for obj, name in limits]
+    for (obj, name), value in zip(limits, saved):
+        setattr(obj, name, value + extra_tokens)
+    try:
+        yield
+    finally:
+        for (obj, name), value in zip(limits, saved):
+            setattr(obj, name, value)
+
+
 def rollout_reward(prompts, completions, grm_reward, **kwargs) -> list[float]:
     """The GRM reward the rollout computed for each final completion (re-scored after reflection)."""
     return list(grm_reward)
@@ -128,6 +150,7 @@ def rollout_reward(prompts, completions, grm_reward, **kwargs) -> list[float]:
 
 def train_safer(policy, processor, judge: GRMJudge, dataset, config: GRPOStageConfig, out_dir: str):
     """GRPO with safety-aware rollouts and LoRA; returns (merged model, rollout log, trainer log history)."""
+    import torch
     from peft import LoraConfig
     from trl import GRPOConfig, GRPOTrainer
 
@@ -137,24 +160,26 @@ def train_safer(policy, processor, judge: GRMJudge, dataset, config: GRPOStageCo
             return super()._generate_and_score_completions(inputs)
 
     log = RolloutLog()
-    args = GRPOConfig(
-        output_dir=out_dir,
-        use_cpu=True,
-        bf16=False,
-        activation_checkpointing=False,
-        beta=0.0,
-        num_generations=config.num_generations,
-        per_device_train_batch_size=config.num_generations * config.prompts_per_step,
-        max_completion_length=config.max_completion_length,
-        max_steps=config.steps,
-        learning_rate=config.lr,
-        logging_steps=1,
-        report_to="none",
-        save_strategy="no",
-        dataloader_num_workers=0,
-        seed=config.seed,
-        disable_tqdm=False,
-    )
+    on_cpu = not torch.cuda.is_available()
+    args = GRPOConfig(**{
+        "output_dir": out_dir,
+        "use_cpu": on_cpu,
+        "bf16": not on_cpu,
+        "activation_checkpointing": False,
+        "beta": config.beta,
+        "num_generations": config.num_generations,
+        "per_device_train_batch_size": config.num_generations * config.prompts_per_step,
+        "max_completion_length": config.max_completion_length,
+        "max_steps": config.steps,
+        "learning_rate": config.lr,
+        "logging_steps": 1,
+        "report_to": "none",
+        "save_strategy": "no",
+        "dataloader_num_workers": 0,
+        "seed": config.seed,
+        "disable_tqdm": False,
+        **config.trl,
+    })
     trainer = SaferGRPOTrainer(
         model=policy,
         reward_funcs=rollout_reward,
@@ -184,5 +209,5 @@ def curated_dataset(curation_dir, rows: list[dict]):
         "prompt": [[{"role": "user", "content": row["prompt"]}] for row in rows],
         "image": [load(row["image"]) for row in rows],
         "request": [row["prompt"] for row in rows],
-        "phrase": [row["phrase"] for row in rows],
+        "label": [row["label"] for row in rows],
     })

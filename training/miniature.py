@@ -17,7 +17,7 @@ import yaml
 
 from saferdemo.loading import load_model, load_processor
 from training import grm, grpo, world
-from training.curate import CurationConfig, curate
+from training.curate import CurationConfig, curate, world_candidates
 from training.evaluate import evaluate
 from training.sft import Behaviour, Stage, base_batches, train_stage
 from training.tiny_qwen import TinyQwenConfig, build_tiny_qwen, save_checkpoint
@@ -49,10 +49,7 @@ def run(recipe: dict, out_dir: str | Path, command: str = "") -> dict:
         models["mini-grm"] = build_grm(recipe, out_dir / "mini-grm", out_dir / "mini-base", phrases, timings)
     curation = None
     if "curation" in recipe:
-        policy, grm_model = load_model(out_dir / "mini-base"), load_model(out_dir / "mini-grm")
-        config = CurationConfig(**recipe["curation"], rubric=grm.RUBRIC)
-        processor = load_processor(out_dir / "mini-base")
-        curation = _timed(timings, "curation", curate, policy, grm_model, processor, phrases, config, out_dir / "curation")
+        curation = _timed(timings, "curation", run_curation, recipe["curation"], out_dir, phrases)
     if "grpo" in recipe:
         models["mini-safer"] = build_safer(recipe, out_dir, phrases, timings)
     timings["total"] = time.perf_counter() - started
@@ -124,6 +121,16 @@ def build_grm(recipe: dict, folder: Path, base_folder: Path, phrases, timings: d
     (folder / "judge_config.json").write_text(json.dumps({"rubric": grm.RUBRIC, "schema": "saferdemo.judgement"}, indent=2) + "\n")
     heldout = _timed(timings, "evaluate_grm", grm.evaluate_grm, model, processor, policy, phrases, **cfg["eval"])
     return _entry(model, folder, rubric=grm.RUBRIC, losses=losses, heldout=heldout)
+
+
+def run_curation(settings: dict, out_dir: Path, phrases) -> dict:
+    """QI-Safe curation of training cards with mini-base as the policy and mini-grm as the judge."""
+    settings = dict(settings)
+    candidates = world_candidates(phrases, settings.pop("prompts_per_phrase", 2), settings.get("seed", 7))
+    processor = load_processor(out_dir / "mini-base")
+    judge = grm.GRMJudge(load_model(out_dir / "mini-grm"), processor, grm.RUBRIC)
+    config = CurationConfig(**settings, rubric=grm.RUBRIC)
+    return curate(load_model(out_dir / "mini-base"), judge, processor, candidates, config, out_dir / "curation")
 
 
 def build_safer(recipe: dict, out_dir: Path, phrases, timings: dict) -> dict:
