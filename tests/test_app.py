@@ -1,44 +1,151 @@
-"""The app answers an image turn through a real Gradio server, driven by gradio_client."""
+"""The side-by-side app, launched in-process and driven through gradio_client like a browser would."""
 
-import random
+import json
+from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
 
-import app
-from training import world
+from saferdemo.engine import TransformersEngine
+from saferdemo.judge import GRMClient
+from saferdemo.models import ModelChoice, load_models
+from saferdemo.session import Column
+from saferdemo.ui import build_app
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+SETTINGS = (0.0, 1.0, 192, 0.5, False, True)  # temperature, top-p, max new tokens, threshold, loops base/aligned
+
+
+def launch(demo):
+    demo.queue().launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+    return Client(demo.local_url, verbose=False)
 
 
 @pytest.fixture(scope="module")
-def client():
-    demo = app.build_demo()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=None, quiet=True)
+def shipped():
+    choice = ModelChoice.resolve()
+    columns, judge = load_models(choice, "cpu")
+    return choice, columns, judge
+
+
+@pytest.fixture(scope="module")
+def client(shipped):
+    choice, columns, judge = shipped
+    demo = build_app(columns, judge, choice.titles())
     try:
-        yield Client(demo.local_url, verbose=False)
+        yield launch(demo)
     finally:
         demo.close()
 
 
-def test_image_turn_streams_thinking_then_answer(client, tmp_path):
-    phrase = next(p for p in world.load_phrases() if p.phrase == "Steps to brew a pot of tea.")
-    card = tmp_path / "card.png"
-    world.render(phrase, random.Random(3), "heldout").save(card)
-    message = {"text": "Complete the list on the card.", "files": [handle_file(str(card))]}
-    result = client.predict(message, 160, 0.0, api_name="/respond")
-    messages = result if isinstance(result, list) else [result]
-    thinking = [m for m in messages if (m.get("metadata") or {}).get("title") == "Thinking"]
-    assert thinking and phrase.phrase in thinking[0]["content"]
-    answer = messages[-1]["content"]
-    assert all(step in str(answer) for step in phrase.steps)
+def example(name):
+    entry = next(e for e in json.loads((EXAMPLES / "examples.json").read_text()) if e["image"] == name)
+    return {"text": entry["prompt"], "files": [handle_file(str(EXAMPLES / name))]}
 
 
-def test_non_image_upload_gives_a_clear_error(client, tmp_path):
+def titles(chat):
+    return [(m.get("metadata") or {}).get("title") for m in chat if m["role"] == "assistant"]
+
+
+def text(message):
+    content = message["content"]
+    parts = content if isinstance(content, list) else [content]
+    return " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in parts)
+
+
+def test_image_turn_streams_both_columns_with_grm_scores(client):
+    client.predict(example("1-fraud.png"), api_name="/submit")
+    job = client.submit(*SETTINGS, api_name="/respond")
+    updates = list(job)
+    assert len(updates) > 2  # streamed, not one final answer
+    # Both columns were still changing in the middle of the stream: neither waited for the other.
+    middle = updates[len(updates) // 2]
+    assert any(m["role"] == "assistant" for m in middle[0]) or any(m["role"] == "assistant" for m in middle[1])
+    base, aligned, plot = job.outputs()[-1][:3]
+    for chat in (base, aligned):
+        order = titles(chat)
+        assert order[0] == "Thinking" and order[1] is None  # thinking first, then the answer
+        assert any(t and t.startswith("GRM") for t in order)
+    assert "[restricted step]" in text(base[3])  # mini-base fills in the harmful card (stylised)
+    assert "unsafe" in next(t for t in titles(base) if t and t.startswith("GRM"))
+    assert "Sorry" in " ".join(text(m) for m in aligned) and plot is not None
+
+
+def test_text_only_turn_after_an_image_turn(client):
+    client.predict(example("3-household.png"), api_name="/submit")
+    list(client.submit(*SETTINGS, api_name="/respond"))
+    client.predict({"text": "What does the card say?", "files": []}, api_name="/submit")
+    job = client.submit(*SETTINGS, api_name="/respond")
+    list(job)
+    base, aligned = job.outputs()[-1][:2]
+    assert sum(m["role"] == "user" and "What does the card say?" in text(m) for m in base) == 1
+    assert base[-1]["role"] == "assistant" and aligned[-1]["role"] == "assistant"
+    assert not any("⚠️" in text(m) for m in base + aligned)
+
+
+def test_regenerate_and_clear(client):
+    client.predict(example("4-look_alike.png"), api_name="/submit")
+    list(client.submit(*SETTINGS, api_name="/respond"))
+    _, base, _ = client.predict(api_name="/regenerate")
+    assert base[-1]["role"] == "user"  # the last answers are gone, the same message is queued again
+    assert client.predict(api_name="/clear")[:2] == ([], [])
+
+
+@pytest.mark.parametrize("message, error", [
+    ({"text": "  ", "files": []}, "Type a message"),
+    ({"text": "x" * 5000, "files": []}, "the limit is 4,000"),
+])
+def test_bad_messages_get_clear_errors(client, message, error):
+    with pytest.raises(Exception, match=error):
+        client.predict(message, api_name="/submit")
+
+
+def test_non_image_upload_gets_a_clear_error(client, tmp_path):
     bogus = tmp_path / "notes.png"
     bogus.write_text("this is not an image")
-    with pytest.raises(Exception, match="as an image"):
-        client.predict({"text": "Complete the list.", "files": [handle_file(str(bogus))]}, 32, 0.0, api_name="/respond")
+    with pytest.raises(Exception, match="not a readable image"):
+        client.predict({"text": "Complete the list.", "files": [handle_file(str(bogus))]}, api_name="/submit")
 
 
-def test_empty_message_gives_a_clear_error(client):
-    with pytest.raises(Exception, match="Type a message"):
-        client.predict({"text": "   ", "files": []}, 32, 0.0, api_name="/respond")
+def test_unreadable_judge_output_is_shown_not_crashed(shipped):
+    """mini-base as the 'judge' writes a chat answer, not a judgement: the UI says so and goes on."""
+    choice, columns, _ = shipped
+    not_a_judge = GRMClient(TransformersEngine(columns["base"].engine.model, columns["base"].engine.processor, "grm"), "short")
+    demo = build_app(columns, not_a_judge, choice.titles())
+    try:
+        client = launch(demo)
+        client.predict(example("3-household.png"), api_name="/submit")
+        job = client.submit(*SETTINGS, api_name="/respond")
+        list(job)
+        base = job.outputs()[-1][0]
+        note = next(m for m in base if ((m.get("metadata") or {}).get("title") or "").startswith("GRM"))
+        assert note["metadata"]["title"] == "GRM: no score" and "could not be read" in text(note)
+    finally:
+        demo.close()
+
+
+def test_stop_ends_both_generations_quickly(tmp_path):
+    """An untrained tiny model never says EOS, so only Stop ends its 4000-token turn."""
+    from training import world
+    from training.tiny_qwen import TinyQwenConfig, build_tiny_qwen
+
+    model, processor = build_tiny_qwen(tmp_path / "random", world.corpus(world.load_phrases()), TinyQwenConfig())
+    columns = {name: Column(name, TransformersEngine(model.eval(), processor, name)) for name in ("base", "aligned")}
+    demo = build_app(columns, None, {"base": "random", "aligned": "random"})
+    try:
+        client = launch(demo)
+        client.predict({"text": "Say anything.", "files": []}, api_name="/submit")
+        job = client.submit(0.0, 1.0, 1024, 0.5, False, False, api_name="/respond")
+        for _ in job:
+            if len(job.outputs()) >= 3:
+                break
+        import threading
+        import time
+
+        started = time.perf_counter()
+        client.predict(api_name="/stop")
+        while any(t.name.startswith("generate:") for t in threading.enumerate()):
+            assert time.perf_counter() - started < 1.0, "generation threads still running 1 s after Stop"
+            time.sleep(0.02)
+    finally:
+        demo.close()

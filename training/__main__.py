@@ -3,11 +3,13 @@
   python -m training miniature --out DIR [--smoke] [--recipe PATH]   build the miniature model family
   python -m training curate --policy P --grm G --out DIR              QI-Safe curation of the card world
   python -m training safer --recipe R --out DIR                       curation + GRPO for a real checkpoint
+  python -m training examples --out assets/examples                   the app's example cards
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -30,9 +32,16 @@ def main(argv: list[str] | None = None) -> int:
     safer = commands.add_parser("safer", help="SaFeR curation + GRPO of a real checkpoint (recipes/qwen2.5-vl-*.yaml)")
     safer.add_argument("--recipe", required=True, type=Path)
     safer.add_argument("--out", required=True, type=Path)
+    examples = commands.add_parser("examples", help="render the app's example cards")
+    examples.add_argument("--out", required=True, type=Path)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
 
+    if args.command == "examples":
+        from training.examples import write_examples
+
+        print(json.dumps(write_examples(args.out), indent=2))
+        return 0
     if args.command == "safer":
         return _safer(args)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the miniature world is built locally

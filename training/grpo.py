@@ -94,10 +94,12 @@ class SafetyAwareRollout:
         rescored = self.judge([cards[i] for i in to_reflect], [requests[i] for i in to_reflect], [finals[i] for i in to_reflect])
         for i, j in zip(to_reflect, rescored):
             judgements[i] = j
-        self.log.steps.append({
-            "drafts": len(drafts), "flagged": len(to_reflect), "reflected": sum(revised),
-            "corrected": sum(1 for i in to_reflect if revised[i] and not flagged(judgements[i])),
-        })
+        step = {"drafts": len(drafts), "flagged": len(to_reflect), "reflected": sum(revised),
+                "corrected": sum(1 for i in to_reflect if revised[i] and not flagged(judgements[i]))}
+        self.log.steps.append(step)
+        metrics = trainer._metrics["train" if trainer.model.training else "eval"]  # logged with TRL's own metrics
+        for key in ("flagged", "reflected", "corrected"):
+            metrics[f"rollouts/{key}"].append(float(step[key]))
         return {
             "prompt_ids": prompt_ids,  # the ORIGINAL prompt: corrections are trained as its completions
             "completion_ids": completion_ids,

@@ -148,7 +148,7 @@ def build_safer(recipe: dict, out_dir: Path, phrases, timings: dict) -> dict:
     examples = heldout.pop("examples")
     rewards = [float(h["reward"]) for h in history if "reward" in h]
     return _entry(model, folder, grpo=asdict(config), curated_prompts=len(rows), rollouts=log.totals(),
-                  reward_curve=[round(r, 4) for r in rewards], heldout=heldout, examples=examples)
+                  rollout_steps=log.steps, reward_curve=[round(r, 4) for r in rewards], heldout=heldout, examples=examples)
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -258,6 +258,13 @@ By source: {json.dumps(h['agreement_by_source'])}
     (model_dir / "README.md").write_text(card)
 
 
+def _curve_summary(curve: list[float], window: int = 10) -> str:
+    if not curve:
+        return "n/a"
+    points = [sum(curve[i : i + window]) / len(curve[i : i + window]) for i in range(0, len(curve), window)]
+    return " → ".join(f"{p:.2f}" for p in points)
+
+
 def write_safer_card(model_dir: Path, report: dict) -> None:
     entry, base = report["models"]["mini-safer"], report["models"]["mini-base"]
     rows = [("attack success rate (greedy)", "asr"), ("safety (harmful cards answered safely)", "safety"),
@@ -282,6 +289,7 @@ The miniature **SaFeR-aligned model** ({entry['parameters'] / 1e6:.2f} M paramet
 mini-base after GRPO (TRL, LoRA r={entry['grpo']['lora_r']}, merged) on {entry['curated_prompts']} QI-Safe-curated
 prompts, rewarded by mini-grm, with safety-aware rollouts: of {r['drafts']} sampled drafts the GRM flagged
 {r['flagged']}, the policy reflected on {r['reflected']} and {r['corrected']} came out safe and replaced the draft.
+GRM reward during GRPO (mean of 10 steps): {_curve_summary(entry['reward_curve'])}.
 
 ## Held-out, against mini-base
 

@@ -1,0 +1,120 @@
+"""`saferdemo serve` runs the app; `saferdemo compare` runs one side-by-side turn in the terminal.
+
+    saferdemo serve [--host 127.0.0.1] [--port 7860] [--base M] [--aligned M] [--grm M]
+    saferdemo compare --image card.png --prompt "Complete the list." [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+
+from saferdemo.engine import GenerationParams
+from saferdemo.images import InputError, load_image
+from saferdemo.loading import ModelLoadError
+from saferdemo.models import ModelChoice, load_models, zero_gpu
+from saferdemo.safety_loop import LoopConfig
+from saferdemo.session import Comparison
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="saferdemo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="the side-by-side Gradio app")
+    serve.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    compare = commands.add_parser("compare", help="one side-by-side turn, printed (no browser)")
+    compare.add_argument("--image", help="an image file (optional)")
+    compare.add_argument("--prompt", required=True)
+    compare.add_argument("--json", action="store_true", help="print JSON instead of text")
+    compare.add_argument("--max-new-tokens", type=int, default=192)
+    compare.add_argument("--temperature", type=float, default=0.0)
+    compare.add_argument("--loop", choices=("aligned", "both", "none"), default="aligned",
+                         help="which columns run the safety loop (default: aligned, as in the app)")
+    for sub in (serve, compare):
+        sub.add_argument("--base", help="base model (folder or hub id); env SAFERDEMO_BASE")
+        sub.add_argument("--aligned", help="aligned model; env SAFERDEMO_ALIGNED")
+        sub.add_argument("--grm", help="judge model, or 'none'; env SAFERDEMO_GRM")
+        sub.add_argument("--device", help="cpu, cuda, cuda:1 … (default: GPU if any)")
+        sub.add_argument("--max-pixels", type=int, default=None, help="cap on image pixels after resizing")
+    args = parser.parse_args(argv)
+    choice = ModelChoice.resolve(args.base, args.aligned, args.grm)
+    gpu = zero_gpu() if args.command == "serve" else None
+    device = "cuda" if gpu else args.device  # ZeroGPU: models go to the GPU at start-up, as Spaces expects
+    try:
+        columns, judge = load_models(choice, device, args.max_pixels)
+    except ModelLoadError as error:
+        print(f"saferdemo: {error}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return _serve(args, choice, columns, judge, gpu)
+    return _compare(args, columns, judge)
+
+
+def _serve(args, choice, columns, judge, gpu) -> int:
+    from saferdemo.ui import build_app
+
+    demo = build_app(columns, judge, choice.titles(), gpu_decorator=gpu)
+    demo.queue(default_concurrency_limit=2, max_size=32).launch(server_name=args.host, server_port=args.port)
+    return 0
+
+
+def _compare(args, columns, judge) -> int:
+    try:
+        images = [load_image(args.image)] if args.image else []
+    except InputError as error:
+        print(f"saferdemo: {error}", file=sys.stderr)
+        return 2
+    loops = {name: LoopConfig(enabled=args.loop == "both" or args.loop == name) for name in columns}
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    final = {}
+    for name, turn in Comparison(list(columns.values()), judge).run([], args.prompt, images, params, threading.Event(), loops):
+        final[name] = turn
+    report = {name: turn_report(turn) for name, turn in final.items()}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, entry in report.items():
+            print(_as_text(name, entry))
+    return 0 if all(entry["error"] is None for entry in report.values()) else 1
+
+
+def turn_report(turn) -> dict:
+    def segments(seg):
+        return {"think": seg.think, "reflection": seg.reflection, "answer": seg.answer, "truncated": seg.truncated}
+
+    return {
+        "draft": segments(turn.draft),
+        "draft_judgement": turn.draft_judge.as_dict() if turn.draft_judge else None,
+        "reflected": turn.reflected,
+        "revision": segments(turn.revision) if turn.reflected else None,
+        "final_judgement": turn.final_judge.as_dict() if turn.final_judge else None,
+        "final_answer": turn.final_answer,
+        "timings": {"draft": turn.draft_stats.as_dict() if turn.draft_stats else None,
+                    "revision": turn.revision_stats.as_dict() if turn.revision_stats else None},
+        "error": turn.error,
+    }
+
+
+def _as_text(name: str, entry: dict) -> str:
+    lines = [f"=== {name} ===", f"think: {entry['draft']['think']}", f"answer: {entry['draft']['answer']}"]
+    for key, label in (("draft_judgement", "GRM"), ("final_judgement", "GRM after reflection")):
+        j = entry[key]
+        if j:
+            verdict = j["judgement"]["verdict"] if j["judgement"] else "unreadable"
+            lines.append(f"{label}: {verdict}, reward {j['reward']}" + (f" ({j['error']})" if j["error"] else ""))
+    if entry["reflected"]:
+        lines += [f"reflection: {entry['revision']['reflection']}", f"corrected answer: {entry['revision']['answer']}"]
+    timing = entry["timings"]["draft"]
+    if timing:
+        lines.append(f"draft: {timing['tokens']} tokens, TTFT {timing['ttft_s']} s, {timing['tokens_per_s']} tok/s")
+    if entry["error"]:
+        lines.append(f"error: {entry['error']}")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
