@@ -37,9 +37,9 @@ def test_generation_thread_errors_reach_the_caller(engines):
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "hi"}]}]
     with pytest.raises(EngineError, match="could not be prepared"):
         engines["base"].start(messages, [load_image(CARD)], GenerationParams(), threading.Event())
-    # A failure inside the generation thread: an invalid top-p reaches generate() and is re-raised here.
+    # A failure inside the generation thread: generate() rejects the top-p, and the error is re-raised here.
     generation = engines["base"].start([user_turn("hi", with_image=False)], [],
-                                       GenerationParams(max_new_tokens=8, temperature=1.0, top_p=7.0), threading.Event())
+                                       GenerationParams(max_new_tokens=8, temperature=1.0, top_p=-1.0), threading.Event())
     with pytest.raises(EngineError, match="Generation failed"):
         collect(generation)
 
