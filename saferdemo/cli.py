@@ -2,6 +2,7 @@
 
     saferdemo serve [--host 127.0.0.1] [--port 7860] [--base M] [--aligned M] [--grm M]
     saferdemo compare --image card.png --prompt "Complete the list." [--json]
+    saferdemo audit --dataset figstep-tiny|figstep|miniature|PATH [--limit N] [--categories A,B] --out DIR
 """
 
 from __future__ import annotations
@@ -34,7 +35,17 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--temperature", type=float, default=0.0)
     compare.add_argument("--loop", choices=("aligned", "both", "none"), default="aligned",
                          help="which columns run the safety loop (default: aligned, as in the app)")
-    for sub in (serve, compare):
+    audit = commands.add_parser("audit", help="run a safety benchmark on both models (resumable)")
+    audit.add_argument("--dataset", default="miniature", help="figstep-tiny, figstep, miniature or a JSONL path")
+    audit.add_argument("--out", required=True, help="folder for items.jsonl, summary.json and report.html")
+    audit.add_argument("--limit", type=int, default=None, help="audit the first N items (categories interleaved)")
+    audit.add_argument("--categories", default=None, help="comma-separated categories to keep")
+    audit.add_argument("--max-new-tokens", type=int, default=192)
+    audit.add_argument("--temperature", type=float, default=0.0)
+    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--span-mode", choices=("schema", "separate"), default="schema",
+                       help="judge reasoning and answer within one judgement (schema) or in separate calls")
+    for sub in (serve, compare, audit):
         sub.add_argument("--base", help="base model (folder or hub id); env SAFERDEMO_BASE")
         sub.add_argument("--aligned", help="aligned model; env SAFERDEMO_ALIGNED")
         sub.add_argument("--grm", help="judge model, or 'none'; env SAFERDEMO_GRM")
@@ -51,7 +62,38 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "serve":
         return _serve(args, choice, columns, judge, gpu)
+    if args.command == "audit":
+        return _audit(args, columns, judge)
     return _compare(args, columns, judge)
+
+
+def _audit(args, columns, judge) -> int:
+    from saferdemo.audit import AuditConfig, run_audit
+    from saferdemo.datasets import load_dataset
+
+    if judge is None:
+        print("saferdemo: an audit needs a judge (--grm)", file=sys.stderr)
+        return 2
+    categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
+    config = AuditConfig(args.dataset, args.limit, categories, args.max_new_tokens, args.temperature, args.seed,
+                         args.span_mode)
+    try:
+        items = load_dataset(args.dataset, categories, args.limit)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"saferdemo: {error}", file=sys.stderr)
+        return 2
+    summary = run_audit({name: column.engine for name, column in columns.items()}, judge, items, args.out, config)
+    for name, m in summary["models"].items():
+        asr, over = m["asr"], m["over_refusal"]
+        print(f"{name}: ASR {_rate(asr)}, over-refusal {_rate(over)}, safety score "
+              f"{m['safety_score']['mean'] if m['safety_score']['mean'] is not None else 'n/a'}, "
+              f"parse failures {m['parse_failures']}")
+    print(f"wrote {args.out}/items.jsonl, summary.json, report.html")
+    return 0
+
+
+def _rate(rate: dict) -> str:
+    return "n/a" if rate["rate"] is None else f"{100 * rate['rate']:.1f}% (n={rate['n']})"
 
 
 def _serve(args, choice, columns, judge, gpu) -> int:

@@ -9,6 +9,7 @@ owns (history, images, chart data) lives in per-session `gr.State`; the only sha
 
 from __future__ import annotations
 
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class Limits:
     prompt_chars: int = 4000
     images_per_turn: int = 4
     turns: int = 20
+    audit_items: int = 100  # the Audit tab's largest audit (the CLI has no limit)
     ui_updates_per_s: float = 20.0  # streamed redraws are throttled to this rate
 
 
@@ -228,45 +230,100 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
     def clear():
         return Conversation(), [], [], None, None
 
+    def audit(dataset: str, limit: float, progress=gr.Progress()):  # noqa: B008 (Gradio injects progress)
+        if judge is None:
+            raise gr.Error("The audit needs a judge model (SAFERDEMO_GRM).")
+        from saferdemo.audit import AuditConfig, run_audit
+        from saferdemo.audit_report import category_figure, metrics_markdown, quadrant_figure
+        from saferdemo.datasets import load_dataset
+
+        limit = max(1, min(int(limit), limits.audit_items))
+        items = load_dataset(dataset, limit=limit)
+        out = Path(tempfile.mkdtemp(prefix="saferdemo-audit-"))
+        engines = {name: columns[name].engine for name in COLUMN_NAMES}
+        summary = run_audit(engines, judge, items, out, AuditConfig(dataset, limit),
+                            progress=lambda done, total: progress(done / total, desc=f"{done}/{total} responses"))
+        return metrics_markdown(summary), category_figure(summary), quadrant_figure(summary), str(out / "report.html")
+
     with gr.Blocks(title="saferdemo") as demo:
         gr.Markdown("## saferdemo: safety-aware reasoning, side by side\n"
                     "Send a message (attach a card image). Both models answer at once; the GRM judges each "
                     "answer and, when it flags one, the model reflects and corrects itself.")
-        conv = gr.State(Conversation())
-        pending = gr.State(None)
-        with gr.Row(equal_height=True):
-            chat_base = gr.Chatbot(label=f"Base · {titles['base']}", height=520, elem_id="chat-base")
-            chat_aligned = gr.Chatbot(label=f"SaFeR-aligned · {titles['aligned']}", height=520, elem_id="chat-aligned")
-        box = gr.MultimodalTextbox(file_types=["image"], file_count="multiple", placeholder="Ask about an image…",
-                                   show_label=False, elem_id="prompt")
-        with gr.Row():
-            stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-            regen_btn = gr.Button("Regenerate", elem_id="regenerate")
-            clear_btn = gr.Button("Clear", elem_id="clear")
-        with gr.Accordion("Parameters", open=False):
+        with gr.Tab("Chat"):
+            chat_tab = _chat_tab(columns, titles)
+        with gr.Tab("Audit"):
+            gr.Markdown("Run a small safety benchmark on both models: ASR, safety, helpfulness, over-refusal, "
+                        "unsafe reasoning and self-correction, with 95% intervals. Larger audits: `saferdemo audit`.")
             with gr.Row():
-                temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="temperature (0 = greedy)")
-                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p")
-                max_tokens = gr.Slider(16, 1024, value=192, step=16, label="max new tokens")
+                dataset = gr.Dropdown(["miniature", "figstep-tiny", "figstep"], value="miniature", label="dataset")
+                n_items = gr.Number(value=10, minimum=1, maximum=limits.audit_items, precision=0, label="items")
+                audit_btn = gr.Button("Run audit", variant="primary")
+            audit_table = gr.Markdown()
             with gr.Row():
-                threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05, label="reflection threshold (GRM reward below it, or an unsafe verdict, triggers reflection)")
-                loop_base = gr.Checkbox(value=False, label="safety loop on the base model")
-                loop_aligned = gr.Checkbox(value=True, label="safety loop on the aligned model")
-        plot = gr.Plot(label="GRM scores", elem_id="scores")
-        gr.Markdown(f"GRM: `{titles.get('grm', 'none')}`")
-        examples = _examples()
-        if examples:
-            gr.Examples(examples=examples, inputs=[box], label="Examples (FigStep-style cards)")
-
-        settings = [temperature, top_p, max_tokens, threshold, loop_base, loop_aligned]
-        outputs = [chat_base, chat_aligned, plot, conv, pending]
-        run = box.submit(submit, [box, conv], [box, pending, conv, chat_base, chat_aligned], api_name="submit").then(
-            respond, [pending, conv, *settings], outputs, api_name="respond")
-        again = regen_btn.click(regenerate, [conv], [pending, conv, chat_base, chat_aligned], api_name="regenerate").then(
-            respond, [pending, conv, *settings], outputs, api_name=False)
-        stop_btn.click(stop_turn, None, None, cancels=[run, again], api_name="stop")
-        clear_btn.click(clear, None, [conv, chat_base, chat_aligned, plot, pending], api_name="clear")
+                audit_bars, audit_quadrants = gr.Plot(label="per category"), gr.Plot(label="reasoning × answer")
+            audit_file = gr.File(label="full report (HTML)")
+            audit_btn.click(audit, [dataset, n_items], [audit_table, audit_bars, audit_quadrants, audit_file],
+                            api_name="audit", concurrency_limit=1)
+        chat_tab.wire(submit, respond, regenerate, stop_turn, clear)
     return demo
+
+
+@dataclass
+class _ChatTab:
+    """The chat tab's components, so `build_app` can wire events after building both tabs."""
+
+    conv: gr.State
+    pending: gr.State
+    chat_base: gr.Chatbot
+    chat_aligned: gr.Chatbot
+    box: gr.MultimodalTextbox
+    stop_btn: gr.Button
+    regen_btn: gr.Button
+    clear_btn: gr.Button
+    settings: list
+    plot: gr.Plot
+
+    def wire(self, submit, respond, regenerate, stop_turn, clear):
+        conv, pending, settings = self.conv, self.pending, self.settings
+        outputs = [self.chat_base, self.chat_aligned, self.plot, conv, pending]
+        chats = [self.chat_base, self.chat_aligned]
+        run = self.box.submit(submit, [self.box, conv], [self.box, pending, conv, *chats], api_name="submit").then(
+            respond, [pending, conv, *settings], outputs, api_name="respond")
+        again = self.regen_btn.click(regenerate, [conv], [pending, conv, *chats], api_name="regenerate").then(
+            respond, [pending, conv, *settings], outputs, api_name=False)
+        self.stop_btn.click(stop_turn, None, None, cancels=[run, again], api_name="stop")
+        self.clear_btn.click(clear, None, [conv, *chats, self.plot, pending], api_name="clear")
+
+
+def _chat_tab(columns, titles) -> _ChatTab:
+    conv = gr.State(Conversation())
+    pending = gr.State(None)
+    with gr.Row(equal_height=True):
+        chat_base = gr.Chatbot(label=f"Base · {titles['base']}", height=520, elem_id="chat-base")
+        chat_aligned = gr.Chatbot(label=f"SaFeR-aligned · {titles['aligned']}", height=520, elem_id="chat-aligned")
+    box = gr.MultimodalTextbox(file_types=["image"], file_count="multiple", placeholder="Ask about an image…",
+                               show_label=False, elem_id="prompt")
+    with gr.Row():
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+        regen_btn = gr.Button("Regenerate", elem_id="regenerate")
+        clear_btn = gr.Button("Clear", elem_id="clear")
+    with gr.Accordion("Parameters", open=False):
+        with gr.Row():
+            temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="temperature (0 = greedy)")
+            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p")
+            max_tokens = gr.Slider(16, 1024, value=192, step=16, label="max new tokens")
+        with gr.Row():
+            threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05,
+                                  label="reflection threshold (GRM reward below it, or an unsafe verdict, triggers reflection)")
+            loop_base = gr.Checkbox(value=False, label="safety loop on the base model")
+            loop_aligned = gr.Checkbox(value=True, label="safety loop on the aligned model")
+    plot = gr.Plot(label="GRM scores", elem_id="scores")
+    gr.Markdown(f"GRM: `{titles.get('grm', 'none')}`")
+    examples = _examples()
+    if examples:
+        gr.Examples(examples=examples, inputs=[box], label="Examples (FigStep-style cards)")
+    settings = [temperature, top_p, max_tokens, threshold, loop_base, loop_aligned]
+    return _ChatTab(conv, pending, chat_base, chat_aligned, box, stop_btn, regen_btn, clear_btn, settings, plot)
 
 
 def _open(path: str):

@@ -149,3 +149,9 @@ def test_stop_ends_both_generations_quickly(tmp_path):
             time.sleep(0.02)
     finally:
         demo.close()
+
+
+def test_audit_tab_runs_a_small_audit(client):
+    table, bars, quadrants, report = client.predict("miniature", 4, api_name="/audit")
+    assert "| ASR |" in table and "over-refusal" in table and "McNemar" in table
+    assert bars is not None and quadrants is not None and str(report).endswith(".html")

@@ -4,6 +4,7 @@
   python -m training curate --policy P --grm G --out DIR              QI-Safe curation of the card world
   python -m training safer --recipe R --out DIR                       curation + GRPO for a real checkpoint
   python -m training examples --out assets/examples                   the app's example cards
+  python -m training heldout --out assets/datasets/miniature-heldout  the held-out split as an audit dataset
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     safer.add_argument("--out", required=True, type=Path)
     examples = commands.add_parser("examples", help="render the app's example cards")
     examples.add_argument("--out", required=True, type=Path)
+    heldout = commands.add_parser("heldout", help="export the held-out evaluation cards for `saferdemo audit`")
+    heldout.add_argument("--out", required=True, type=Path)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
 
@@ -41,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         from training.examples import write_examples
 
         print(json.dumps(write_examples(args.out), indent=2))
+        return 0
+    if args.command == "heldout":
+        from training.examples import write_heldout
+
+        print(f"wrote {write_heldout(args.out)} items to {args.out / 'items.jsonl'}")
         return 0
     if args.command == "safer":
         return _safer(args)

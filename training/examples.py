@@ -1,4 +1,5 @@
-"""The example cards the app offers (assets/examples/): `python -m training examples --out assets/examples`.
+"""Example cards for the app (`python -m training examples --out assets/examples`) and the held-out split as
+an audit dataset (`python -m training heldout --out assets/datasets/miniature-heldout`).
 
 FigStep-style cards from the miniature world, drawn with held-out styles so the examples are not training
 images: two harmful requests (stylised: the models can only answer "[restricted step]"), a benign one and a
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 from training import world
@@ -35,3 +37,22 @@ def write_examples(out_dir: str | Path) -> list[dict]:
                       "harmful": p.harmful, "look_alike": p.look_alike})
     (out_dir / "examples.json").write_text(json.dumps(index, indent=2) + "\n")
     return index
+
+
+def write_heldout(out_dir: str | Path, per_phrase: int = 5, seed: int = 1234) -> int:
+    """The held-out evaluation cards (exactly those `training.evaluate.heldout_items` draws) as an audit
+    dataset. Cards are stored as their text, style and noise seed (saferdemo renders them), not as pixels:
+    noisy cards compress badly, and 320 PNGs would be 16 MB."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)  # the same draws, in the same order, as heldout_items
+    lines = []
+    for _ in range(per_phrase):
+        for p in world.load_phrases():
+            style, card_seed = world.card_spec(p, rng, "heldout")
+            prompt = world.task_prompt(rng, "heldout")
+            lines.append(json.dumps({"id": f"heldout-{len(lines):04d}", "prompt": prompt, "category": p.category,
+                                     "harmful": p.harmful, "look_alike": p.look_alike, "reference": p.phrase,
+                                     "card": {"text": p.phrase, "style": asdict(style), "seed": card_seed}}))
+    (out_dir / "items.jsonl").write_text("\n".join(lines) + "\n")
+    return len(lines)

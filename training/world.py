@@ -299,9 +299,15 @@ class Example:
     target: str = ""
 
 
-def render(p: Phrase, rng: random.Random, split: str, difficulty: float = 1.0) -> Image.Image:
+def card_spec(p: Phrase, rng: random.Random, split: str, difficulty: float = 1.0) -> tuple[CardStyle, int]:
+    """The style and noise seed of a card: what `render` draws (exported for audits as data, not pixels)."""
     style = sample_style(rng, SPLITS[split][0], difficulty)
-    return render_card(p.phrase, style, seed=rng.randrange(2**31))
+    return style, rng.randrange(2**31)
+
+
+def render(p: Phrase, rng: random.Random, split: str, difficulty: float = 1.0) -> Image.Image:
+    style, seed = card_spec(p, rng, split, difficulty)
+    return render_card(p.phrase, style, seed=seed)
 
 
 def task_prompt(rng: random.Random, split: str) -> str:

@@ -1,0 +1,125 @@
+"""The audit's self-contained HTML report: metrics with intervals, their definitions, and plotly charts."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from saferdemo import metrics
+from saferdemo.charts import COLOURS
+
+RATES = (("asr", "ASR"), ("unsafe_reasoning", "unsafe reasoning"), ("self_correction", "self-correction"),
+         ("over_refusal", "over-refusal"))
+SCORES = (("safety_score", "safety score"), ("helpfulness", "helpfulness"))
+
+
+def format_rate(rate: dict) -> str:
+    if rate["rate"] is None:
+        return "n/a (n=0)"
+    return f"{100 * rate['rate']:.1f}% [{100 * rate['low']:.1f}, {100 * rate['high']:.1f}] (n={rate['n']})"
+
+
+def format_score(score: dict) -> str:
+    if score["mean"] is None:
+        return "n/a (n=0)"
+    return f"{score['mean']:.1f} [{score['low']:.1f}, {score['high']:.1f}] (n={score['n']})"
+
+
+def metrics_markdown(summary: dict) -> str:
+    """The metrics table as Markdown (the app's Audit tab)."""
+    names = list(summary["models"])
+    lines = ["| metric (95% interval) | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key, label in RATES:
+        lines.append(f"| {label} | " + " | ".join(format_rate(summary["models"][n][key]) for n in names) + " |")
+    for key, label in SCORES:
+        lines.append(f"| {label} | " + " | ".join(format_score(summary["models"][n][key]) for n in names) + " |")
+    lines.append("| judge parse failures | " + " | ".join(str(summary["models"][n]["parse_failures"]) for n in names) + " |")
+    paired = summary.get("paired")
+    if paired:
+        u = paired["answer_unsafe"]
+        lines.append(f"\nPaired on {u['n_pairs']} harmful items: only {paired['models'][0]} unsafe {u['only_a_unsafe']}, "
+                     f"only {paired['models'][1]} unsafe {u['only_b_unsafe']} (exact McNemar p = {u['p_value']:.3g}).")
+    return "\n".join(lines)
+
+
+def metrics_table(summary: dict) -> str:
+    names = list(summary["models"])
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    rows = [(label, [format_rate(summary["models"][n][key]) for n in names]) for key, label in RATES]
+    rows += [(label, [format_score(summary["models"][n][key]) for n in names]) for key, label in SCORES]
+    rows += [(label, [str(summary["models"][n][key]) for n in names])
+             for key, label in (("n_items", "responses"), ("parse_failures", "judge parse failures"),
+                                ("truncations", "truncated responses"))]
+    body = "".join(f"<tr><td>{label}</td>{''.join(f'<td>{v}</td>' for v in values)}</tr>" for label, values in rows)
+    return f"<table><tr><th>metric (95% interval)</th>{head}</tr>{body}</table>"
+
+
+def category_figure(summary: dict) -> go.Figure:
+    """ASR per harmful category and over-refusal per benign category, both models side by side."""
+    fig = go.Figure()
+    for name, entry in summary["models"].items():
+        cats = entry["by_category"]
+        xs, ys, lo, hi = [], [], [], []
+        for category, m in cats.items():
+            rate = m["asr"] if m["asr"]["n"] else m["over_refusal"]
+            if rate["rate"] is None:
+                continue
+            label = category + ("" if m["asr"]["n"] else " (over-refusal)")
+            xs.append(label)
+            ys.append(100 * rate["rate"])
+            lo.append(100 * (rate["rate"] - rate["low"]))
+            hi.append(100 * (rate["high"] - rate["rate"]))
+        fig.add_trace(go.Bar(x=xs, y=ys, name=name, marker_color=COLOURS.get(name),
+                             error_y={"type": "data", "array": hi, "arrayminus": lo}))
+    fig.update_layout(barmode="group", title="ASR per harmful category, over-refusal per benign one (%, 95% CI)",
+                      yaxis={"range": [0, 105]}, height=420)
+    return fig
+
+
+def quadrant_figure(summary: dict) -> go.Figure:
+    """Reasoning x answer on harmful items: the reasoning tax lives in the unsafe-reasoning row."""
+    names = list(summary["models"])
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names)
+    for col, name in enumerate(names, start=1):
+        t = summary["models"][name]["reasoning_x_answer"]
+        z = [[t["reasoning_safe_answer_safe"], t["reasoning_safe_answer_unsafe"]],
+             [t["reasoning_unsafe_answer_safe"], t["reasoning_unsafe_answer_unsafe"]]]
+        fig.add_trace(go.Heatmap(z=z, x=["answer safe", "answer unsafe"], y=["reasoning safe", "reasoning unsafe"],
+                                 text=z, texttemplate="%{text}", colorscale="Reds", showscale=False), row=1, col=col)
+    fig.update_layout(title="Harmful items: reasoning × answer", height=320)
+    return fig
+
+
+def score_figure(records: list[dict]) -> go.Figure:
+    fig = go.Figure()
+    for name in dict.fromkeys(r["model"] for r in records):
+        rewards = [r["reward"] for r in records if r["model"] == name and r["reward"] is not None]
+        fig.add_trace(go.Histogram(x=rewards, name=name, opacity=0.6, xbins={"start": 0, "end": 1.0001, "size": 0.05},
+                                   marker_color=COLOURS.get(name)))
+    fig.update_layout(barmode="overlay", title="GRM reward of each response", xaxis_title="reward", height=320)
+    return fig
+
+
+def write_report(summary: dict, records: list[dict], path: Path) -> None:
+    figures = [category_figure(summary), quadrant_figure(summary), score_figure(records)]
+    charts = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figures))
+    paired = summary.get("paired")
+    paired_html = ""
+    if paired:
+        a, b = paired["models"]
+        u = paired["answer_unsafe"]
+        paired_html = (f"<p><b>Paired, same harmful items (n={u['n_pairs']}):</b> only {html.escape(a)} unsafe on "
+                       f"{u['only_a_unsafe']}, only {html.escape(b)} unsafe on {u['only_b_unsafe']}; exact McNemar "
+                       f"p = {u['p_value']:.3g}.</p>")
+    config = html.escape(str(summary["config"]))
+    definitions = html.escape(metrics.__doc__.split("Definitions", 1)[1])
+    path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>saferdemo audit</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head><body>
+<h1>saferdemo audit</h1><p>{config}; judge errors and load errors are counted, not hidden ({summary['errors']} load errors).</p>
+{metrics_table(summary)}{paired_html}{charts}
+<h2>Definitions</h2><pre>{definitions}</pre></body></html>
+""")
