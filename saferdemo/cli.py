@@ -13,7 +13,7 @@ import os
 import sys
 import threading
 
-from saferdemo.engine import GenerationParams
+from saferdemo.engine import EngineError, GenerationParams
 from saferdemo.images import InputError, load_image
 from saferdemo.loading import ModelLoadError
 from saferdemo.models import ModelChoice, load_models, zero_gpu
@@ -51,13 +51,20 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--grm", help="judge model, or 'none'; env SAFERDEMO_GRM")
         sub.add_argument("--device", help="cpu, cuda, cuda:1 … (default: GPU if any)")
         sub.add_argument("--max-pixels", type=int, default=None, help="cap on image pixels after resizing")
+        sub.add_argument("--backend", choices=("transformers", "vllm"), default="transformers",
+                         help="how local models run (vllm: GPU hosts with the vllm extra)")
+        for role in ("base", "aligned", "grm"):
+            sub.add_argument(f"--{role}-url", help=f"serve the {role} model from this OpenAI-compatible URL "
+                                                   f"(e.g. http://127.0.0.1:8000/v1); env SAFERDEMO_{role.upper()}_URL")
+        sub.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     args = parser.parse_args(argv)
-    choice = ModelChoice.resolve(args.base, args.aligned, args.grm)
+    urls = {role: getattr(args, f"{role}_url") for role in ("base", "aligned", "grm")}
+    choice = ModelChoice.resolve(args.base, args.aligned, args.grm, urls, args.backend, args.api_key_env)
     gpu = zero_gpu() if args.command == "serve" else None
     device = "cuda" if gpu else args.device  # ZeroGPU: models go to the GPU at start-up, as Spaces expects
     try:
         columns, judge = load_models(choice, device, args.max_pixels)
-    except ModelLoadError as error:
+    except (ModelLoadError, EngineError) as error:
         print(f"saferdemo: {error}", file=sys.stderr)
         return 2
     if args.command == "serve":

@@ -4,14 +4,17 @@
     SAFERDEMO_ALIGNED  the SaFeR-aligned model (default: assets/models/mini-safer)
     SAFERDEMO_GRM      the judge               (default: assets/models/mini-grm; "none" turns judging off)
 
-Each may be a local folder or a hub id, a full checkpoint or a LoRA adapter (saferdemo/loading.py).
+Each may be a local folder or a hub id, a full checkpoint or a LoRA adapter (saferdemo/loading.py), run
+in-process by transformers (default) or vLLM (`backend="vllm"`). A role given a URL
+(SAFERDEMO_BASE_URL, SAFERDEMO_ALIGNED_URL, SAFERDEMO_GRM_URL or the matching flags) is instead the model
+of that name on an OpenAI-compatible server; its API key comes from $OPENAI_API_KEY (or `api_key_env`).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from saferdemo.engine import TransformersEngine
@@ -21,6 +24,7 @@ from saferdemo.session import Column
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 DEFAULTS = {"base": ASSETS / "mini-base", "aligned": ASSETS / "mini-safer", "grm": ASSETS / "mini-grm"}
 ENV = {"base": "SAFERDEMO_BASE", "aligned": "SAFERDEMO_ALIGNED", "grm": "SAFERDEMO_GRM"}
+ROLES = ("base", "aligned", "grm")
 
 
 @dataclass
@@ -28,14 +32,21 @@ class ModelChoice:
     base: str
     aligned: str
     grm: str | None  # None: no judge (no scores, no safety loop)
+    urls: dict[str, str | None] = field(default_factory=dict)  # role -> OpenAI-compatible base URL
+    backend: str = "transformers"  # transformers | vllm, for the roles that run in this process
+    api_key_env: str = "OPENAI_API_KEY"
 
     @classmethod
-    def resolve(cls, base: str | None = None, aligned: str | None = None, grm: str | None = None) -> ModelChoice:
+    def resolve(cls, base: str | None = None, aligned: str | None = None, grm: str | None = None,
+                urls: dict[str, str | None] | None = None, backend: str = "transformers",
+                api_key_env: str = "OPENAI_API_KEY") -> ModelChoice:
         def pick(role, flag):
             return str(flag or os.environ.get(ENV[role]) or DEFAULTS[role])
 
+        urls = {role: (urls or {}).get(role) or os.environ.get(f"{ENV[role]}_URL") for role in ROLES}
         judge = pick("grm", grm)
-        return cls(pick("base", base), pick("aligned", aligned), None if judge.lower() == "none" else judge)
+        return cls(pick("base", base), pick("aligned", aligned), None if judge.lower() == "none" else judge, urls,
+                   backend, api_key_env)
 
     def titles(self) -> dict[str, str]:
         return {"base": _short(self.base), "aligned": _short(self.aligned), "grm": _short(self.grm) if self.grm else "none"}
@@ -46,14 +57,27 @@ def _short(path: str) -> str:
     return p.name if p.is_absolute() and p.exists() else path
 
 
+def load_engine(choice: ModelChoice, role: str, device: str | None = None, max_pixels: int | None = None):
+    """The engine for one role: remote when it has a URL, else vLLM or transformers in this process."""
+    model = getattr(choice, role)
+    if choice.urls.get(role):
+        from saferdemo.openai_engine import OpenAIEngine
+
+        return OpenAIEngine(choice.urls[role], model, choice.api_key_env, name=role)
+    if choice.backend == "vllm":
+        from saferdemo.vllm_engine import VLLMEngine
+
+        return VLLMEngine.from_pretrained(model, role, max_pixels)
+    return TransformersEngine.from_pretrained(model, device, max_pixels, role)
+
+
 def load_models(choice: ModelChoice, device: str | None = None, max_pixels: int | None = None):
-    """(columns, judge): engines for both columns and the GRM client, all on `device` (default: GPU if any)."""
-    columns = {role: Column(role, TransformersEngine.from_pretrained(getattr(choice, role), device, max_pixels, role))
-               for role in ("base", "aligned")}
+    """(columns, judge): engines for both columns and the GRM client (default device: GPU if any)."""
+    columns = {role: Column(role, load_engine(choice, role, device, max_pixels)) for role in ("base", "aligned")}
     judge = None
     if choice.grm:
-        engine = TransformersEngine.from_pretrained(choice.grm, device, max_pixels, "grm")
-        judge = GRMClient(engine, rubric_of(choice.grm))
+        rubric = "full" if choice.urls.get("grm") else rubric_of(choice.grm)
+        judge = GRMClient(load_engine(choice, "grm", device, max_pixels), rubric)
     return columns, judge
 
 

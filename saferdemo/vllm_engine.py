@@ -1,0 +1,139 @@
+"""An engine on vLLM's `AsyncLLM` (optional extra `pip install -e ".[vllm]"`, GPU hosts): `--backend vllm`.
+
+AsyncLLM runs on a background event loop thread; each generation is an asyncio task whose DELTA outputs
+are handed to the caller through a queue. Stop (or the caller leaving) cancels the task, and AsyncLLM
+aborts the request in the engine. A checkpoint that is a LoRA adapter runs as its base model plus a
+`LoRARequest`. vLLM needs the GPU for its whole life, so it is refused on ZeroGPU Spaces.
+API checked against vLLM 0.10.1–0.12 (notes in the project history); the tests run only where vllm and a
+GPU exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+from saferdemo.engine import EngineError, GenerationParams, GenerationStats
+from saferdemo.prompts import THINK_OPEN
+
+_END = object()
+
+
+def vllm_unavailable_reason() -> str | None:
+    """Why vLLM cannot run here, or None when it can."""
+    if os.environ.get("SPACES_ZERO_GPU"):
+        return "vLLM does not run on ZeroGPU Spaces (it must own the GPU for its whole life); use --backend transformers."
+    if importlib.util.find_spec("vllm") is None:
+        return 'vLLM is not installed: pip install -e ".[vllm]" on a GPU host, or use --backend transformers.'
+    import torch
+
+    if not torch.cuda.is_available():
+        return "vLLM needs a CUDA GPU and none is visible; use --backend transformers."
+    return None
+
+
+class VLLMGeneration:
+    def __init__(self, engine: VLLMEngine, prompt: dict, sampling, stop: threading.Event, lora):
+        self.engine, self.stop, self.stats = engine, stop, GenerationStats()
+        self.think_prefilled = prompt["prompt"].rstrip().endswith(THINK_OPEN)
+        self.chunks: queue.Queue = queue.Queue()
+        self.future = asyncio.run_coroutine_threadsafe(self._produce(prompt, sampling, lora), engine.loop)
+        threading.Thread(target=self._watch_stop, daemon=True).start()
+
+    async def _produce(self, prompt, sampling, lora):
+        try:
+            async for out in self.engine.llm.generate(prompt, sampling, uuid.uuid4().hex, lora_request=lora):
+                completion = out.outputs[0]
+                self.stats.tokens += len(completion.token_ids)
+                if completion.text:
+                    if self.stats.first_token_at is None:
+                        self.stats.first_token_at = time.perf_counter()
+                    self.chunks.put(completion.text)
+                if out.finished:
+                    self.stats.finish_reason = completion.finish_reason or "stop"
+        except asyncio.CancelledError:
+            self.stats.finish_reason = "stopped"
+            raise
+        except Exception as error:  # handed to the consumer, which re-raises it with a message
+            self.chunks.put(EngineError(f"{self.engine.name}: vLLM failed: {type(error).__name__}: {error}"))
+        finally:
+            self.chunks.put(_END)
+
+    def _watch_stop(self):
+        while not self.future.done():
+            if self.stop.wait(timeout=0.1):
+                self.future.cancel()  # AsyncLLM aborts the request when its generator is cancelled
+                return
+
+    def __iter__(self) -> Iterator[str]:
+        completed = False
+        try:
+            while (item := self.chunks.get()) is not _END:
+                if isinstance(item, EngineError):
+                    raise item
+                yield item
+            completed = True
+        finally:
+            if not completed:
+                self.stop.set()
+            self.stats.finished_at = time.perf_counter()
+        if self.stop.is_set():
+            self.stats.finish_reason = "stopped"
+
+
+class VLLMEngine:
+    def __init__(self, model: str, processor, name: str | None = None, lora_path: str | None = None,
+                 max_model_len: int = 8192, gpu_memory_utilization: float = 0.45, max_images: int = 4):
+        reason = vllm_unavailable_reason()
+        if reason:
+            raise EngineError(reason)
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.lora.request import LoRARequest
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.name, self.processor = name or model, processor
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, name=f"vllm-loop:{self.name}", daemon=True).start()
+        args = AsyncEngineArgs(model=model, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                               enable_lora=lora_path is not None, max_lora_rank=64, max_loras=1,
+                               limit_mm_per_prompt={"image": max_images, "video": 0}, disable_log_stats=True)
+
+        async def build():  # built inside the loop so its tasks belong to it
+            return AsyncLLM.from_engine_args(args)
+
+        self.llm = asyncio.run_coroutine_threadsafe(build(), self.loop).result()
+        self.lora = LoRARequest(lora_name="adapter", lora_int_id=1, lora_path=lora_path) if lora_path else None
+
+    @classmethod
+    def from_pretrained(cls, path: str, name: str | None = None, max_pixels: int | None = None) -> VLLMEngine:
+        from saferdemo.loading import adapter_base, load_processor
+
+        base = adapter_base(path)
+        return cls(base or str(path), load_processor(path, max_pixels), name, lora_path=str(path) if base else None)
+
+    def start(self, messages, images, params: GenerationParams, stop: threading.Event) -> VLLMGeneration:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = {"prompt": text}
+        if images:
+            prompt["multi_modal_data"] = {"image": list(images)}
+        sampling = SamplingParams(output_kind=RequestOutputKind.DELTA, max_tokens=params.max_new_tokens,
+                                  temperature=params.temperature, top_p=params.top_p if params.temperature > 0 else 1.0,
+                                  seed=params.seed)
+        return VLLMGeneration(self, prompt, sampling, stop, self.lora)
+
+    def shutdown(self) -> None:
+        async def close():
+            self.llm.shutdown()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(timeout=60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
