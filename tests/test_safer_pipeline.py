@@ -55,3 +55,27 @@ def test_prompt_pool_errors_name_the_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "x.png", "prompt": "p", "harmful": True, "category": "c"}))
     with pytest.raises(ValueError, match="cannot read image"):
         load_prompts(tmp_path / "bad.jsonl")
+
+
+def test_two_process_grpo_under_accelerate(tmp_path):
+    """Two real processes (torchrun under `accelerate launch`, gloo on a CPU-only host) train one model."""
+    recipe = {
+        "policy": "assets/models/mini-base",
+        "grm": {"model": "assets/models/mini-grm", "rubric": "short", "max_new_tokens": 200},
+        "prompts": str(write_prompt_pool(tmp_path)),
+        "curation": {"samples": 2, "mean_low": 0.0, "mean_high": 1.0, "std_min": 0.0, "max_new_tokens": 64},
+        "grpo": {"steps": 2, "num_generations": 2, "prompts_per_step": 1, "max_completion_length": 32,
+                 "reflection_budget": 16, "beta": 0.04},
+    }
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "training", "safer",
+               "--recipe", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["processes"] == 2 and report["backend"] == "gloo"
+    # Each process rolled out its own share: twice the drafts of the one-process run, same kind of result.
+    assert [p["drafts"] for p in report["rollouts_per_process"]] == [4, 4] and report["rollouts"]["drafts"] == 8
+    assert len(report["reward_curve"]) == 2
+    assert load_model(tmp_path / "out" / "model").config.model_type == "qwen2_5_vl"

@@ -83,6 +83,9 @@ def run(recipe: dict, out_dir: str | Path) -> dict:
     model, log, history = train_safer(policy, processor, judge, curated_dataset(curation_dir, rows),
                                       GRPOStageConfig(**recipe["grpo"]), str(out_dir / "grpo-run"))
     timings["grpo"] = time.perf_counter() - t
+    from accelerate.utils import gather_object
+
+    per_process = gather_object([log.totals()])  # every process rolled out its own share of each batch
     if not state.is_main_process:
         return {}
     model.save_pretrained(out_dir / "model")
@@ -90,7 +93,9 @@ def run(recipe: dict, out_dir: str | Path) -> dict:
     timings["total"] = time.perf_counter() - started
     report = {
         "policy": recipe["policy"], "grm": grm_cfg["model"], "prompts": str(recipe["prompts"]),
-        "curation": stats, "rollouts": log.totals(), "rollout_steps": log.steps,
+        "processes": state.num_processes, "backend": str(state.backend), "curation": stats,
+        "rollouts": {key: sum(totals[key] for totals in per_process) for key in per_process[0]},
+        "rollouts_per_process": per_process, "rollout_steps": log.steps,
         "reward_curve": [round(float(h["reward"]), 4) for h in history if "reward" in h],
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }
