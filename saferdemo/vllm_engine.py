@@ -89,7 +89,7 @@ class VLLMGeneration:
 
 class VLLMEngine:
     def __init__(self, model: str, processor, name: str | None = None, lora_path: str | None = None,
-                 max_model_len: int = 8192, gpu_memory_utilization: float = 0.45, max_images: int = 4):
+                 max_model_len: int = 8192, gpu_memory_utilization: float | None = None, max_images: int = 4):
         reason = vllm_unavailable_reason()
         if reason:
             raise EngineError(reason)
@@ -99,6 +99,8 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.name, self.processor = name or model, processor
+        # Three engines (base, aligned, judge) share one GPU by default: about a quarter of its memory each.
+        gpu_memory_utilization = gpu_memory_utilization or float(os.environ.get("SAFERDEMO_VLLM_MEMORY", "0.28"))
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name=f"vllm-loop:{self.name}", daemon=True).start()
         args = AsyncEngineArgs(model=model, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
