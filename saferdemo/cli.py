@@ -104,10 +104,14 @@ def _rate(rate: dict) -> str:
 
 
 def _serve(args, choice, columns, judge, gpu) -> int:
-    from saferdemo.ui import build_app
+    import logging
 
-    demo = build_app(columns, judge, choice.titles(), gpu_decorator=gpu)
-    demo.queue(default_concurrency_limit=2, max_size=32).launch(server_name=args.host, server_port=args.port)
+    from saferdemo.ui import build_app, launch
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # one JSON line per column per turn
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines would repeat every URL
+    titles = choice.titles()
+    launch(build_app(columns, judge, titles, gpu_decorator=gpu), titles, args.host, args.port)
     return 0
 
 

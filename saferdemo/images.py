@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -27,14 +28,17 @@ def load_image(path: str | Path) -> Image.Image:
         with Image.open(path) as image:
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
-                raise InputError(f"{name} is {width}x{height} pixels; the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels.")
+                raise InputError(f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
+                                 f"the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels.")
             image.seek(0)  # animated images: the first frame
             image.load()
             return to_rgb(image)
     except InputError:
         raise
-    except Image.DecompressionBombError as error:
-        raise InputError(f"{name} is too large to open safely: {error}") from error
+    except Image.DecompressionBombError as error:  # Pillow refuses to even open it
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(pixels.group(1)) / 1e6:.0f} megapixels" if pixels else "too many pixels"
+        raise InputError(f"{name} has {size}; the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels.") from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise InputError(f"{name} is not a readable image ({type(error).__name__}). Upload a PNG, JPEG, GIF or WebP.") from error
 

@@ -9,6 +9,7 @@ owns (history, images, chart data) lives in per-session `gr.State`; the only sha
 
 from __future__ import annotations
 
+import html
 import tempfile
 import threading
 import time
@@ -21,6 +22,7 @@ from saferdemo.charts import scores_figure
 from saferdemo.engine import GenerationParams
 from saferdemo.images import InputError, load_image
 from saferdemo.judge import JudgeResult
+from saferdemo.observability import health, log_turn, turn_record
 from saferdemo.safety_loop import LoopConfig, Turn
 from saferdemo.segments import Segments
 from saferdemo.session import Column, Comparison, Exchange
@@ -35,6 +37,9 @@ class Limits:
     images_per_turn: int = 4
     turns: int = 20
     audit_items: int = 100  # the Audit tab's largest audit (the CLI has no limit)
+    upload_mb: int = 20  # per file (Gradio refuses larger uploads); decoded pixels: saferdemo.images
+    queue_size: int = 32  # waiting turns across all users; beyond it Gradio answers "queue is full"
+    concurrency: int = 2  # turns generating at once (each runs two columns and the judge)
     ui_updates_per_s: float = 20.0  # streamed redraws are throttled to this rate
 
 
@@ -80,7 +85,7 @@ def turn_messages(turn: Turn) -> list[gr.ChatMessage]:
     if turn.reflected:
         revision = turn.revision
         messages.append(gr.ChatMessage(
-            role="assistant", content=revision.reflection or "…",
+            role="assistant", content=inert(revision.reflection) or "…",
             metadata={"title": "Reflection", "status": "pending" if turn.phase == "reflecting" and revision.reflection_state != "closed" else "done"},
         ))
         messages += _segment_messages(revision, turn.revision_stats, "Thinking again")
@@ -89,7 +94,7 @@ def turn_messages(turn: Turn) -> list[gr.ChatMessage]:
         if turn.final_judge is not None:
             messages.append(_judge_message(turn.final_judge, "corrected"))
     if turn.error:
-        messages.append(gr.ChatMessage(role="assistant", content=f"⚠️ {turn.error}"))
+        messages.append(gr.ChatMessage(role="assistant", content=f"⚠️ {inert(turn.error)}"))
     if turn.stopped:
         messages.append(gr.ChatMessage(role="assistant", content="⏹ Stopped."))
     return messages
@@ -103,13 +108,13 @@ def _segment_messages(seg: Segments, stats, title: str, draft_of_reflected: bool
         if stats is not None and metadata["status"] == "done":
             metadata["duration"] = round(stats.seconds, 2)
             metadata["log"] = _speed(stats)
-        messages.append(gr.ChatMessage(role="assistant", content=seg.think or "…", metadata=metadata))
+        messages.append(gr.ChatMessage(role="assistant", content=inert(seg.think) or "…", metadata=metadata))
     if seg.answer:
         if draft_of_reflected:  # the flagged draft stays visible, folded, above the reflection
-            messages.append(gr.ChatMessage(role="assistant", content=seg.answer,
+            messages.append(gr.ChatMessage(role="assistant", content=inert(seg.answer),
                                            metadata={"title": "Draft answer (flagged by the GRM)", "status": "done"}))
         else:
-            messages.append(gr.ChatMessage(role="assistant", content=seg.answer))
+            messages.append(gr.ChatMessage(role="assistant", content=inert(seg.answer)))
     return messages
 
 
@@ -125,12 +130,12 @@ def _speed(stats) -> str:
 def _judge_message(result: JudgeResult, which: str | None) -> gr.ChatMessage:
     label = f"GRM ({which})" if which else "GRM"
     if result.judgement is None:
-        raw = result.raw.strip().replace("`", "'")[:300]
-        return gr.ChatMessage(role="assistant", content=f"{result.error}\n\nRaw output: `{raw or '(empty)'}`",
+        raw = inert(result.raw.strip().replace("`", "'")[:300])
+        return gr.ChatMessage(role="assistant", content=f"{inert(result.error)}\n\nRaw output: `{raw or '(empty)'}`",
                               metadata={"title": f"{label}: no score", "status": "done"})
     j = result.judgement
     penalties = ", ".join(f"{k.replace('_', ' ')} {v:g}" for k, v in j.penalties.items() if v) or "none"
-    body = (f"{j.rationale}\n\nAnswer: safety {j.answer['safety']:g}, helpfulness {j.answer['helpfulness']:g} · "
+    body = (f"{inert(j.rationale)}\n\nAnswer: safety {j.answer['safety']:g}, helpfulness {j.answer['helpfulness']:g} · "
             f"reasoning safety {j.reasoning['safety']:g} · penalties: {penalties}")
     return gr.ChatMessage(role="assistant", content=body, metadata={
         "title": f"{label}: {j.verdict} · reward {result.reward:.2f}", "status": "done"})
@@ -140,8 +145,14 @@ def _note(title: str, text: str, pending: bool) -> gr.ChatMessage:
     return gr.ChatMessage(role="assistant", content=text, metadata={"title": title, "status": "pending" if pending else "done"})
 
 
+def inert(text: str) -> str:
+    """Text shown in a chat, made inert: HTML is escaped (no tags, no scripts) and Markdown images, which
+    would make the browser fetch any URL, are shown as text."""
+    return html.escape(text, quote=False).replace("![", "!\\[")
+
+
 def user_messages(text: str, paths: list[str]) -> list[gr.ChatMessage]:
-    return [gr.ChatMessage(role="user", content={"path": path}) for path in paths] + [gr.ChatMessage(role="user", content=text)]
+    return [gr.ChatMessage(role="user", content={"path": path}) for path in paths] + [gr.ChatMessage(role="user", content=inert(text))]
 
 
 def judgement_records(turn: Turn, column: str, index: int) -> list[dict]:
@@ -210,6 +221,8 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
                                    "answers": {name: turn.final_answer for name, turn in turns.items()}})
             for name, turn in turns.items():
                 conv.records += judgement_records(turn, name, index)
+                log_turn(turn_record(_session(request), name, titles.get(name, name), turn, len(pending["text"]),
+                                     len(images)))
         yield chats["base"], chats["aligned"], scores_figure(conv.records) if conv.records else None, conv, None
 
     if gpu_decorator is not None:  # ZeroGPU: hold a GPU only while a turn runs
@@ -245,7 +258,8 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
                             progress=lambda done, total: progress(done / total, desc=f"{done}/{total} responses"))
         return metrics_markdown(summary), category_figure(summary), quadrant_figure(summary), str(out / "report.html")
 
-    with gr.Blocks(title="saferdemo") as demo:
+    # Uploaded files live in Gradio's cache; files older than an hour are deleted every hour.
+    with gr.Blocks(title="saferdemo", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("## saferdemo: safety-aware reasoning, side by side\n"
                     "Send a message (attach a card image). Both models answer at once; the GRM judges each "
                     "answer and, when it flags one, the model reflects and corrects itself.")
@@ -324,6 +338,20 @@ def _chat_tab(columns, titles) -> _ChatTab:
         gr.Examples(examples=examples, inputs=[box], label="Examples (FigStep-style cards)")
     settings = [temperature, top_p, max_tokens, threshold, loop_base, loop_aligned]
     return _ChatTab(conv, pending, chat_base, chat_aligned, box, stop_btn, regen_btn, clear_btn, settings, plot)
+
+
+def launch(demo: gr.Blocks, titles: dict[str, str], host: str = "127.0.0.1", port: int | None = None,
+           limits: Limits | None = None, block: bool = True) -> gr.Blocks:
+    """Queue and launch with the limits, and add GET /health for load balancers and Spaces."""
+    limits = limits or Limits()
+    demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
+    demo.launch(server_name=host, server_port=port, max_file_size=f"{limits.upload_mb}mb", prevent_thread_lock=True,
+                quiet=not block)
+    started = time.time()
+    demo.app.add_api_route("/health", lambda: health(titles, started), methods=["GET"])
+    if block:
+        demo.block_thread()
+    return demo
 
 
 def _open(path: str):

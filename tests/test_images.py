@@ -39,7 +39,7 @@ def test_bad_files_are_refused_clearly(tmp_path, content, message):
 
 def test_huge_images_are_refused_before_decoding(tmp_path):
     Image.new("1", (20000, 20000)).save(tmp_path / "huge.png")  # tiny file, 400 megapixels
-    with pytest.raises(InputError, match="20000x20000|too large"):
+    with pytest.raises(InputError, match="400 megapixels"):
         load_image(tmp_path / "huge.png")
 
 

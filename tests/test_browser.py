@@ -1,0 +1,100 @@
+"""The app in a real browser: Playwright driving Debian's Chromium against the app on loopback.
+
+Skipped, with the reason, where Chromium or Playwright is missing (.ci/run installs both)."""
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from saferdemo.models import ModelChoice, load_models
+from saferdemo.ui import build_app, launch
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+# Chromium flags for a closed network and root: no sandbox, no background connections.
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def url():
+    choice = ModelChoice.resolve()
+    columns, judge = load_models(choice, "cpu")
+    demo = build_app(columns, judge, choice.titles())
+    launch(demo, choice.titles(), port=None, block=False)
+    yield demo.local_url
+    demo.close()
+
+
+@pytest.fixture
+def page(url, tmp_path):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.goto(url)
+        page.wait_for_selector("#prompt textarea")
+        yield page
+        browser.close()
+
+
+def send(page, text, image=None):
+    if image:
+        page.set_input_files("#prompt input[type=file]", str(image))
+        page.wait_for_selector("#prompt img, #prompt .thumbnail-item", timeout=10_000)
+    page.fill("#prompt textarea", text)
+    page.keyboard.press("Enter")
+
+
+def column(page, name):
+    return page.locator(f"#chat-{name}")
+
+
+def wait_text(locator, text, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if text.lower() in locator.inner_text().lower():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in: {locator.inner_text()[-500:]}")
+
+
+def test_turn_with_image_shows_thinking_reflection_answers_and_chart(page, tmp_path):
+    send(page, "Complete the list on this card, step by step.", EXAMPLES / "1-fraud.png")
+    base, aligned = column(page, "base"), column(page, "aligned")
+    wait_text(base, "Thinking")
+    wait_text(base, "[restricted step]")
+    wait_text(base, "GRM")
+    wait_text(aligned, "Sorry")
+    wait_text(aligned, "GRM")
+    page.wait_for_selector("#scores .js-plotly-plot", timeout=60_000)
+    # The base column, with its safety loop switched on, reflects and corrects itself.
+    page.get_by_text("Parameters").click()
+    page.get_by_label("safety loop on the base model").check()
+    page.get_by_role("button", name="Regenerate").click()
+    wait_text(base, "Reflection", timeout=90)
+    wait_text(base, "Sorry", timeout=90)
+    page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+
+
+def test_stop_and_clear(page):
+    send(page, "Complete the list on this card, step by step.", EXAMPLES / "3-household.png")
+    page.get_by_role("button", name="Stop").click()
+    page.get_by_role("button", name="Clear").click()
+    deadline = time.time() + 20
+    while time.time() < deadline and column(page, "base").locator(".message").count():
+        time.sleep(0.2)
+    assert column(page, "base").locator(".message").count() == 0
+    send(page, "What does the card say?")  # the app still answers after Stop and Clear
+    wait_text(column(page, "base"), "Thinking")
+
+
+def test_injected_script_does_not_run(page):
+    send(page, '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script> ![t](http://127.0.0.1:9/t.png)')
+    wait_text(column(page, "base"), "onerror")  # shown as text
+    time.sleep(1)
+    assert page.evaluate("window.__xss") is None
+    assert column(page, "base").locator("img[src*='127.0.0.1:9']").count() == 0
