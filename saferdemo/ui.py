@@ -307,6 +307,8 @@ class _ChatTab:
             respond, [pending, conv, *settings], outputs, api_name=False)
         self.stop_btn.click(stop_turn, None, None, cancels=[run, again], api_name="stop")
         self.clear_btn.click(clear, None, [conv, *chats, self.plot, pending], api_name="clear")
+        for chat in chats:  # each chat's own trash icon clears the whole conversation too (one state for both)
+            chat.clear(clear, None, [conv, *chats, self.plot, pending], api_name=False)
 
 
 def _chat_tab(columns, titles) -> _ChatTab:

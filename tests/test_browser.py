@@ -2,6 +2,7 @@
 
 Skipped, with the reason, where Chromium or Playwright is missing (.ci/run installs both)."""
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -74,16 +75,16 @@ def test_turn_with_image_shows_thinking_reflection_answers_and_chart(page, tmp_p
     # The base column, with its safety loop switched on, reflects and corrects itself.
     page.get_by_text("Parameters").click()
     page.get_by_label("safety loop on the base model").check()
-    page.get_by_role("button", name="Regenerate").click()
+    page.click("#regenerate")
     wait_text(base, "Reflection", timeout=90)
     wait_text(base, "Sorry", timeout=90)
-    page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+    page.screenshot(path=os.environ.get("SAFERDEMO_SCREENSHOT", str(tmp_path / "app.png")), full_page=True)
 
 
 def test_stop_and_clear(page):
     send(page, "Complete the list on this card, step by step.", EXAMPLES / "3-household.png")
-    page.get_by_role("button", name="Stop").click()
-    page.get_by_role("button", name="Clear").click()
+    page.click("#stop")
+    page.click("#clear")
     deadline = time.time() + 20
     while time.time() < deadline and column(page, "base").locator(".message").count():
         time.sleep(0.2)
