@@ -103,12 +103,12 @@ def test_bad_images_are_refused_clearly(app, tmp_path, make, message):
 
 
 def test_odd_image_kinds_are_answered(app, tmp_path):
-    demo, client = app
+    _, client = app
     card = Image.open(EXAMPLES / "3-household.png").convert("RGB")
     frames = [card, card.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
     odd = [
         image_file(tmp_path, "anim.gif", frames[0], save_all=True, append_images=frames[1:], duration=80),
-        image_file(tmp_path, "grey16.png", Image.fromarray((np.asarray(card.convert("L"), dtype=np.uint16) * 257))),
+        image_file(tmp_path, "grey16.png", Image.fromarray(np.asarray(card.convert("L"), dtype=np.uint16) * 257)),
         image_file(tmp_path, "cmyk.jpg", card.convert("CMYK")),
         image_file(tmp_path, "transparent.png", card.convert("RGBA")),
     ]
@@ -128,7 +128,7 @@ def test_bad_messages(app, text, message):
 
 
 def test_injected_html_and_markdown_images_are_inert(app):
-    demo, client = app
+    _, client = app
     attack = '<script>window.__xss = 1</script><img src=x onerror="window.__xss=2"> ![t](http://127.0.0.1:9/t.png)'
     base = turn(client, text=attack)[0]
     shown = next(message_text(m) for m in reversed(base) if m["role"] == "user")
