@@ -27,17 +27,22 @@ def write_prompt_pool(folder, n=4):
     return folder / "prompts.jsonl"
 
 
-def test_safer_recipe_runs_curation_and_grpo(tmp_path):
+def write_recipe(folder):
+    """A smoke-size recipe on the shipped miniature models and a four-card prompt pool."""
     recipe = {
         "policy": "assets/models/mini-base",
         "grm": {"model": "assets/models/mini-grm", "rubric": "short", "max_new_tokens": 200},
-        "prompts": str(write_prompt_pool(tmp_path)),
+        "prompts": str(write_prompt_pool(folder)),
         # A box that keeps every prompt, so the tiny pool always reaches GRPO.
         "curation": {"samples": 2, "mean_low": 0.0, "mean_high": 1.0, "std_min": 0.0, "max_new_tokens": 64},
         "grpo": {"steps": 2, "num_generations": 2, "prompts_per_step": 1, "max_completion_length": 32,
                  "reflection_budget": 16, "beta": 0.04},
     }
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+
+
+def test_safer_recipe_runs_curation_and_grpo(tmp_path):
+    write_recipe(tmp_path)
     result = subprocess.run([sys.executable, "-m", "training", "safer", "--recipe", str(tmp_path / "recipe.yaml"),
                              "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -59,15 +64,7 @@ def test_prompt_pool_errors_name_the_line(tmp_path):
 
 def test_two_process_grpo_under_accelerate(tmp_path):
     """Two real processes (torchrun under `accelerate launch`, gloo on a CPU-only host) train one model."""
-    recipe = {
-        "policy": "assets/models/mini-base",
-        "grm": {"model": "assets/models/mini-grm", "rubric": "short", "max_new_tokens": 200},
-        "prompts": str(write_prompt_pool(tmp_path)),
-        "curation": {"samples": 2, "mean_low": 0.0, "mean_high": 1.0, "std_min": 0.0, "max_new_tokens": 64},
-        "grpo": {"steps": 2, "num_generations": 2, "prompts_per_step": 1, "max_completion_length": 32,
-                 "reflection_budget": 16, "beta": 0.04},
-    }
-    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    write_recipe(tmp_path)
     command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "training", "safer",
                "--recipe", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out")]
