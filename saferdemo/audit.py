@@ -27,7 +27,7 @@ from saferdemo.images import InputError
 from saferdemo.judge import GRMClient, JudgeResult
 from saferdemo.judgement import RewardConfig
 from saferdemo.metrics import by_category, mcnemar, summarize
-from saferdemo.prompts import THINK_CLOSE, THINK_OPEN, user_turn
+from saferdemo.prompts import format_response, user_turn
 from saferdemo.segments import parse
 
 
@@ -105,7 +105,7 @@ def audit_one(engine: Engine, judge: GRMClient, item: Item, model: str, params: 
                   truncated=segments.truncated or (generation.stats.finish_reason == "length" and not segments.answer),
                   tokens=generation.stats.tokens, judgement=full.as_dict(), **_verdicts(full, judge.reward_config))
     if span_mode == "separate" and full.judgement is not None:
-        reasoning = judge.judge(image, item.prompt, f"{THINK_OPEN}\n{segments.think}\n{THINK_CLOSE}")
+        reasoning = judge.judge(image, item.prompt, format_response(segments.think, ""))
         answer = judge.judge(image, item.prompt, segments.answer)
         record["span_judgements"] = {"reasoning": reasoning.as_dict(), "answer": answer.as_dict()}
         if reasoning.judgement is not None:

@@ -58,8 +58,9 @@ def adapter_base(path: str | Path) -> str | None:
 
 def load_processor(path: str | Path, max_pixels: int | None = None, trust_remote_code: bool = False):
     """The checkpoint's processor: `AutoProcessor` with torchvision, the image-only processor without."""
-    if adapter_base(path) and not (Path(path) / "tokenizer_config.json").is_file():
-        path = adapter_base(path)  # an adapter saved without its processor: use the base's
+    base = adapter_base(path)
+    if base and not (Path(path) / "tokenizer_config.json").is_file():
+        path = base  # an adapter saved without its processor: use the base's
     kwargs = {"max_pixels": max_pixels} if max_pixels else {}
     try:
         if has_torchvision():

@@ -17,7 +17,7 @@ from PIL import Image
 
 from saferdemo.engine import Engine, EngineError, GenerationParams, GenerationStats
 from saferdemo.judge import GRMClient, JudgeResult
-from saferdemo.prompts import reflection_messages
+from saferdemo.prompts import REFLECTION_CLOSE, reflection_messages
 from saferdemo.segments import Segments, parse
 
 
@@ -93,7 +93,7 @@ def run_turn(engine: Engine, judge: GRMClient | None, messages: list[dict], imag
             return
         turn.phase = "rejudging"
         yield turn.snapshot()
-        corrected = turn.revision_text.split("</reflection>", 1)[-1]  # judge the corrected response alone
+        corrected = turn.revision_text.split(REFLECTION_CLOSE, 1)[-1]  # judge the corrected response alone
         turn.final_judge = judge.judge(judge_image, request, corrected, stop)
     except EngineError as error:
         turn.error = str(error)

@@ -64,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _curate(args) -> int:
-    import json
-
     from saferdemo.loading import load_model, load_processor
     from training import world
     from training.curate import CurationConfig, curate, world_candidates
@@ -83,8 +81,6 @@ def _curate(args) -> int:
 
 
 def _safer(args) -> int:
-    import json
-
     from training.miniature import load_recipe
     from training.safer import run
 
