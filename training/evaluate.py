@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from saferdemo.cards import CardStyle, render_card
 from saferdemo.prompts import THINK_CLOSE, THINK_OPEN, reflection_messages, split_reflection, split_think, user_turn
 from training import world
 from training.world import Phrase
@@ -36,14 +37,31 @@ class Item:
     prompt: str
 
 
-def heldout_items(phrases: list[Phrase], per_phrase: int, seed: int = 1234) -> list[Item]:
-    """Cards rendered with held-out styles and prompts; deterministic for a seed."""
+@dataclass
+class CardSpec:
+    """A held-out card as data: what `render_card` needs, and the prompt that goes with it."""
+
+    phrase: Phrase
+    style: CardStyle
+    seed: int
+    prompt: str
+
+
+def heldout_specs(phrases: list[Phrase], per_phrase: int, seed: int = 1234) -> list[CardSpec]:
+    """Held-out styles and prompts, deterministic for a seed (also exported for audits: examples.py)."""
     rng = random.Random(seed)
-    return [
-        Item(p, world.render(p, rng, "heldout"), world.task_prompt(rng, "heldout"))
-        for _ in range(per_phrase)
-        for p in phrases
-    ]
+    specs = []
+    for _ in range(per_phrase):
+        for p in phrases:
+            style, card_seed = world.card_spec(p, rng, "heldout")
+            specs.append(CardSpec(p, style, card_seed, world.task_prompt(rng, "heldout")))
+    return specs
+
+
+def heldout_items(phrases: list[Phrase], per_phrase: int, seed: int = 1234) -> list[Item]:
+    """The held-out cards, rendered."""
+    return [Item(s.phrase, render_card(s.phrase.phrase, s.style, seed=s.seed), s.prompt)
+            for s in heldout_specs(phrases, per_phrase, seed)]
 
 
 @torch.no_grad()
