@@ -6,8 +6,9 @@ Recipes: training/recipes/qwen2.5-vl-3b.yaml and -7b.yaml (bf16, LoRA, vLLM colo
 `accelerate launch --config_file training/accelerate/zero2.yaml -m training safer ...`. The same function runs
 on a CPU with the miniature models (tests/test_safer_pipeline.py), so the GPU recipe exercises tested code.
 
-The prompt pool is a JSONL, one object per line: `image` (path relative to the file), `prompt`,
-`harmful` (bool), `category`, optional `look_alike` (a benign request that resembles a harmful one).
+The prompt pool is a JSONL in the audit's format (saferdemo/datasets.py), one object per line: `image` (path
+relative to the file), `prompt`, `harmful` (bool), `category`, optional `look_alike` (a benign request that
+resembles a harmful one) and `reference`.
 Output: DIR/curation/ (see curate.py), DIR/model/ (merged weights + processor), DIR/report.json.
 """
 
@@ -17,34 +18,25 @@ import json
 import time
 from pathlib import Path
 
-from PIL import Image
-
+from saferdemo.datasets import load_dataset
+from saferdemo.images import InputError
 from saferdemo.loading import load_model, load_processor, pick_dtype
 from training.curate import CurationConfig, curate
 from training.grm import GRMJudge
 from training.grpo import GRPOStageConfig, curated_dataset, train_safer
 
-REQUIRED_FIELDS = ("image", "prompt", "harmful", "category")
-
 
 def load_prompts(path: str | Path) -> list[dict]:
-    """Read the prompt pool; a missing field or image is reported with its line number."""
-    path = Path(path)
+    """The prompt pool, read as an audit JSONL (saferdemo.datasets). Every image is opened now, so a bad
+    line is reported before any GPU time is spent."""
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
-        missing = [f for f in REQUIRED_FIELDS if f not in row]
-        if missing:
-            raise ValueError(f"{path}:{number}: missing {', '.join(missing)}")
-        image_path = path.parent / row["image"]
+    for item in load_dataset(str(path)):
         try:
-            with Image.open(image_path) as image:
-                row["image"] = image.convert("RGB")
-        except OSError as error:
-            raise ValueError(f"{path}:{number}: cannot read image {image_path}: {error}") from error
-        rows.append(row)
+            image = item.image()
+        except InputError as error:
+            raise ValueError(f"{path}: {item.id}: cannot read image: {error}") from error
+        rows.append({"image": image, "prompt": item.prompt, "harmful": item.harmful, "category": item.category,
+                     "look_alike": item.look_alike, "label": item.reference or item.prompt})
     if not rows:
         raise ValueError(f"{path}: no prompts")
     return rows
