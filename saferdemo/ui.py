@@ -208,15 +208,21 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
         turns: dict[str, Turn] = {}
         index = len(conv.exchanges) + 1
         last_draw = 0.0
+
+        def redraw():  # rebuilt from the latest snapshots only when drawn, not at every streamed chunk
+            for name, turn in turns.items():
+                chats[name] = chats[name][: prefix[name]] + turn_messages(turn)
+
         try:
             for name, turn in comparison.run(history, pending["text"], images, params, stop, loops):
                 turns[name] = turn
-                chats[name] = chats[name][: prefix[name]] + turn_messages(turn)
                 streaming = turn.phase in ("drafting", "reflecting")
                 if not streaming or time.perf_counter() - last_draw >= 1 / limits.ui_updates_per_s:
                     last_draw = time.perf_counter()
+                    redraw()
                     yield chats["base"], chats["aligned"], gr.skip(), conv, None
         finally:  # also when Stop cancels this generator: the turn still enters the history as far as it got
+            redraw()
             conv.exchanges.append({"text": pending["text"], "paths": pending["paths"],
                                    "answers": {name: turn.final_answer for name, turn in turns.items()}})
             for name, turn in turns.items():
