@@ -13,12 +13,12 @@ import os
 import sys
 import threading
 
-from saferdemo.engine import EngineError, GenerationParams
+from saferdemo.engines.base import EngineError, GenerationParams
 from saferdemo.images import InputError, load_image
 from saferdemo.loading import ModelLoadError
-from saferdemo.models import ModelChoice, load_models, zero_gpu
+from saferdemo.app.models import ModelChoice, load_models, zero_gpu
 from saferdemo.safety_loop import LoopConfig
-from saferdemo.session import Comparison
+from saferdemo.app.session import Comparison
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _audit(args, columns, judge) -> int:
-    from saferdemo.audit import AuditConfig, run_audit
-    from saferdemo.datasets import load_dataset
+    from saferdemo.audit.runner import AuditConfig, run_audit
+    from saferdemo.audit.datasets import load_dataset
 
     if judge is None:
         print("saferdemo: an audit needs a judge (--grm)", file=sys.stderr)
@@ -106,7 +106,7 @@ def _rate(rate: dict) -> str:
 def _serve(args, choice, columns, judge, gpu) -> int:
     import logging
 
-    from saferdemo.ui import build_app, launch
+    from saferdemo.app.ui import build_app, launch
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # one JSON line per column per turn
     logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines would repeat every URL
@@ -126,30 +126,13 @@ def _compare(args, columns, judge) -> int:
     final = {}
     for name, turn in Comparison(list(columns.values()), judge).run([], args.prompt, images, params, threading.Event(), loops):
         final[name] = turn
-    report = {name: turn_report(turn) for name, turn in final.items()}
+    report = {name: final[name].as_dict() for name in sorted(final)}  # a stable order across runs
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         for name, entry in report.items():
             print(_as_text(name, entry))
     return 0 if all(entry["error"] is None for entry in report.values()) else 1
-
-
-def turn_report(turn) -> dict:
-    def segments(seg):
-        return {"think": seg.think, "reflection": seg.reflection, "answer": seg.answer, "truncated": seg.truncated}
-
-    return {
-        "draft": segments(turn.draft),
-        "draft_judgement": turn.draft_judge.as_dict() if turn.draft_judge else None,
-        "reflected": turn.reflected,
-        "revision": segments(turn.revision) if turn.reflected else None,
-        "final_judgement": turn.final_judge.as_dict() if turn.final_judge else None,
-        "final_answer": turn.final_answer,
-        "timings": {"draft": turn.draft_stats.as_dict() if turn.draft_stats else None,
-                    "revision": turn.revision_stats.as_dict() if turn.revision_stats else None},
-        "error": turn.error,
-    }
 
 
 def _as_text(name: str, entry: dict) -> str:

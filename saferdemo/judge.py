@@ -1,9 +1,20 @@
-"""The GRM client: any engine becomes a judge that scores a response with the judgement schema.
+"""The judge client, the one way anything in the project asks a GRM for a judgement: app, audit, curation, GRPO.
 
-`GRMClient.judge` builds the judge prompt (the rubric the GRM checkpoint names in its
-`judge_config.json`, else the full rubric for instruction models), generates greedily, parses the output
-(tolerant of code fences and trailing text) and turns it into the reward. An output that cannot be parsed
-is not an exception: the result carries the error and the raw text, so the UI can say so and go on.
+`GRMClient.judge` builds the judge prompt (the rubric the GRM checkpoint names in its `judge_config.json`,
+else the full rubric for instruction models), generates greedily, parses the output (tolerant of code fences
+and trailing text) and turns it into the reward. `judge_batch` does the same for many responses at once,
+in padded batches when the engine can (`TransformersEngine.generate_batch`), one by one otherwise.
+
+When no judgement can be had (the judge's output does not parse, or the judge failed) the result carries
+`judgement=None`, the error and the raw text: never an exception. What each user of the client does then
+is one written policy:
+
+| where | a failed judgement ... |
+|---|---|
+| GRPO (training/rewards.py) | gets reward `None`: TRL leaves that completion out of its group's baseline |
+| curation (training/curate.py) | is left out of its prompt's mean and spread, and counted |
+| audit (saferdemo/audit) | is excluded from every rate and counted as a parse failure in the report |
+| app (saferdemo/safety_loop.py) | shows as "no score" (unverified); the column's loop treats it as flagged |
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from saferdemo.engine import Engine, EngineError, GenerationParams, collect
+from saferdemo.engines.base import Engine, EngineError, GenerationParams, collect
 from saferdemo.judgement import (
     Judgement,
     JudgementParseError,
@@ -53,21 +64,40 @@ def rubric_of(checkpoint: str | Path) -> str:
 
 class GRMClient:
     def __init__(self, engine: Engine, rubric: str = "full", max_new_tokens: int = 400,
-                 reward_config: RewardConfig | None = None):
+                 reward_config: RewardConfig | None = None, batch_size: int = 16):
         self.engine, self.rubric, self.max_new_tokens = engine, rubric, max_new_tokens
         self.reward_config = reward_config or RewardConfig()
+        self.batch_size = batch_size
+
+    def _params(self) -> GenerationParams:
+        return GenerationParams(max_new_tokens=self.max_new_tokens, temperature=0.0)
+
+    def _messages(self, image: Image.Image | None, request: str, response: str) -> list[dict]:
+        return judge_messages(request, response, rubric=self.rubric, with_image=image is not None)
+
+    def read(self, raw: str, seconds: float = 0.0) -> JudgeResult:
+        """A judge's raw output as a result: the judgement and its reward, or the reason there is none."""
+        try:
+            judgement = parse_judgement(raw)
+        except JudgementParseError as error:
+            return JudgeResult(None, None, raw, f"The judge's output could not be read: {error}", seconds)
+        return JudgeResult(judgement, reward(judgement, self.reward_config), raw, None, seconds)
 
     def judge(self, image: Image.Image | None, request: str, response: str,
               stop: threading.Event | None = None) -> JudgeResult:
-        messages = judge_messages(request, response, rubric=self.rubric, with_image=image is not None)
-        params = GenerationParams(max_new_tokens=self.max_new_tokens, temperature=0.0)
-        generation = self.engine.start(messages, [image] if image is not None else [], params, stop or threading.Event())
+        generation = self.engine.start(self._messages(image, request, response), [image] if image is not None else [],
+                                       self._params(), stop or threading.Event())
         try:
             raw = collect(generation)
         except EngineError as error:
             return JudgeResult(None, None, "", f"The judge failed: {error}", generation.stats.seconds)
-        try:
-            judgement = parse_judgement(raw)
-        except JudgementParseError as error:
-            return JudgeResult(None, None, raw, f"The judge's output could not be read: {error}", generation.stats.seconds)
-        return JudgeResult(judgement, reward(judgement, self.reward_config), raw, None, generation.stats.seconds)
+        return self.read(raw, generation.stats.seconds)
+
+    def judge_batch(self, images: list[Image.Image | None], requests: list[str], responses: list[str]) -> list[JudgeResult]:
+        """Judge many (image, request, response) triples; results in the same order."""
+        if not hasattr(self.engine, "generate_batch"):
+            return [self.judge(i, q, r) for i, q, r in zip(images, requests, responses)]
+        conversations = [self._messages(i, q, r) for i, q, r in zip(images, requests, responses)]
+        raws = self.engine.generate_batch(conversations, [[i] if i is not None else [] for i in images],
+                                          self._params(), self.batch_size)
+        return [self.read(raw) for raw in raws]

@@ -89,5 +89,19 @@ def load_model(path: str | Path, device: str | None = None, dtype: torch.dtype |
     return model.to(device).eval()
 
 
+def save_processor(processor, folder: str | Path) -> None:
+    """Save a processor so that `AutoProcessor` loads it where torchvision exists: a folder saved from the
+    image-only processor would otherwise name a class only saferdemo knows."""
+    folder = Path(folder)
+    processor.save_pretrained(folder)
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        path = folder / name
+        if path.exists():
+            config = json.loads(path.read_text())
+            if "processor_class" in config or name != "preprocessor_config.json":
+                config["processor_class"] = "Qwen2_5_VLProcessor"
+            path.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def _first_line(error: Exception) -> str:
     return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

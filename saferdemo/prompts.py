@@ -3,7 +3,8 @@
 A response is `<think>reasoning</think>` followed by the answer. When a response is judged unsafe,
 the policy is asked to reflect: the conversation gets a user turn holding a critique, and the model
 answers `<reflection>…</reflection>` followed by a corrected response in the normal format.
-These helpers build the messages (Qwen2.5-VL chat format); the chat template turns them into text.
+These helpers build the messages (Qwen2.5-VL chat format); the chat template turns them into text. Reading
+a response back into its parts is `saferdemo.segments` (one parser, streaming or not).
 """
 
 from __future__ import annotations
@@ -40,24 +41,3 @@ def reflection_messages(messages: list[dict], previous_response: str, critique: 
         assistant_turn(previous_response),
         user_turn(REFLECTION_REQUEST.format(critique=critique), with_image=False),
     ]
-
-
-def split_reflection(text: str) -> tuple[str, str]:
-    """(reflection, corrected response) from a reflection turn's output; no tags → ("", text)."""
-    start, end = text.find(REFLECTION_OPEN), text.find(REFLECTION_CLOSE)
-    if start == -1 or end == -1 or end < start:
-        return "", text.strip()
-    return text[start + len(REFLECTION_OPEN) : end].strip(), text[end + len(REFLECTION_CLOSE) :].strip()
-
-
-def split_think(text: str) -> tuple[str | None, str]:
-    """(think, answer) from a complete response. think is None when `<think>` never closes."""
-    text = text.strip()
-    if text.startswith(THINK_OPEN):
-        text = text[len(THINK_OPEN) :]
-    elif THINK_CLOSE not in text:
-        return "", text
-    end = text.find(THINK_CLOSE)
-    if end == -1:
-        return None, ""
-    return text[:end].strip(), text[end + len(THINK_CLOSE) :].strip()

@@ -3,7 +3,9 @@
 `run_turn` is a generator of `Turn` snapshots, one per streamed chunk or finished step, so a UI can redraw
 from the latest snapshot alone. Both judgements are kept. A draft is flagged when the GRM's verdict is
 unsafe, the safety gate closes, or the reward falls below `threshold` (so a needless refusal can be
-reflected on too). The reflection prompt is the training one (saferdemo.prompts.reflection_messages), with
+reflected on too), and when no judgement could be had at all (the judge failed or its output did not parse:
+the turn is unverified, and an unverified draft is reflected on rather than trusted: the loop fails closed).
+The reflection prompt is the training one (saferdemo.prompts.reflection_messages), with
 the GRM's rationale as the critique.
 """
 
@@ -12,13 +14,17 @@ from __future__ import annotations
 import copy
 import threading
 from dataclasses import dataclass, field
+from typing import Literal
 
 from PIL import Image
 
-from saferdemo.engine import Engine, EngineError, GenerationParams, GenerationStats
+from saferdemo.engines.base import Engine, EngineError, GenerationParams, GenerationStats
 from saferdemo.judge import GRMClient, JudgeResult
-from saferdemo.prompts import REFLECTION_CLOSE, reflection_messages
-from saferdemo.segments import Segments, parse
+from saferdemo.prompts import reflection_messages
+from saferdemo.segments import Segments, after_reflection, parse
+
+Phase = Literal["drafting", "judging", "reflecting", "rejudging", "done"]
+UNVERIFIED_CRITIQUE = "The response could not be verified as safe. Check it for harmful content."
 
 
 @dataclass
@@ -32,7 +38,7 @@ class LoopConfig:
 class Turn:
     """Everything one column produced for one user turn; the UI renders it."""
 
-    phase: str = "drafting"  # drafting | judging | reflecting | rejudging | done
+    phase: Phase = "drafting"
     draft_text: str = ""
     draft: Segments = field(default_factory=Segments)
     draft_stats: GenerationStats | None = None
@@ -61,10 +67,30 @@ class Turn:
     def snapshot(self) -> Turn:
         return copy.copy(self)
 
+    def as_dict(self) -> dict:
+        """Everything the turn produced, as JSON-ready data (the CLI's --json, exports)."""
+        def segments(seg: Segments) -> dict:
+            return {"think": seg.think, "reflection": seg.reflection, "answer": seg.answer, "truncated": seg.truncated}
+
+        return {
+            "draft": segments(self.draft),
+            "draft_judgement": self.draft_judge.as_dict() if self.draft_judge else None,
+            "reflected": self.reflected,
+            "revision": segments(self.revision) if self.reflected else None,
+            "final_judgement": self.final_judge.as_dict() if self.final_judge else None,
+            "final_answer": self.final_answer,
+            "timings": {"draft": self.draft_stats.as_dict() if self.draft_stats else None,
+                        "revision": self.revision_stats.as_dict() if self.revision_stats else None},
+            "stopped": self.stopped,
+            "error": self.error,
+        }
+
 
 def flagged(result: JudgeResult | None, config: LoopConfig) -> bool:
-    if result is None or result.judgement is None:
-        return False  # no judgement, nothing to reflect on (the error is shown instead)
+    if result is None:
+        return False  # not judged at all (no judge configured)
+    if result.judgement is None:
+        return True  # unverified: fail closed (see the module docstring)
     return result.unsafe or result.reward < config.threshold
 
 
@@ -84,7 +110,8 @@ def run_turn(engine: Engine, judge: GRMClient | None, messages: list[dict], imag
         if stop.is_set() or not (loop.enabled and flagged(turn.draft_judge, loop)):
             return
         turn.reflected, turn.phase = True, "reflecting"
-        critique = turn.draft_judge.judgement.rationale or "The response may be unsafe."
+        judgement = turn.draft_judge.judgement
+        critique = (judgement.rationale or "The response may be unsafe.") if judgement else UNVERIFIED_CRITIQUE
         longer = GenerationParams(params.max_new_tokens + loop.reflection_extra_tokens, params.temperature,
                                   params.top_p, params.seed)
         yield from _stream(engine, reflection_messages(messages, turn.draft_text, critique), images, longer, stop,
@@ -93,7 +120,8 @@ def run_turn(engine: Engine, judge: GRMClient | None, messages: list[dict], imag
             return
         turn.phase = "rejudging"
         yield turn.snapshot()
-        corrected = turn.revision_text.split(REFLECTION_CLOSE, 1)[-1]  # judge the corrected response alone
+        corrected = after_reflection(turn.revision_text)  # judge the corrected response alone
+        corrected = turn.revision_text if corrected is None else corrected
         turn.final_judge = judge.judge(judge_image, request, corrected, stop)
     except EngineError as error:
         turn.error = str(error)

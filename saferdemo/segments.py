@@ -14,6 +14,7 @@ lengths. What it handles:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from saferdemo.prompts import REFLECTION_CLOSE, REFLECTION_OPEN, THINK_CLOSE, THINK_OPEN
 
@@ -24,13 +25,16 @@ _AFTER = {THINK_OPEN: "think", THINK_CLOSE: "answer", REFLECTION_OPEN: "reflecti
           REFLECTION_CLOSE: "answer", ANSWER_OPEN: "answer", ANSWER_CLOSE: "answer"}
 
 
+SpanState = Literal["none", "open", "closed"]
+
+
 @dataclass
 class Segments:
     think: str = ""
     reflection: str = ""
     answer: str = ""
-    think_state: str = "none"  # none | open | closed
-    reflection_state: str = "none"
+    think_state: SpanState = "none"
+    reflection_state: SpanState = "none"
     truncated: bool = False  # generation ended inside <think> or <reflection>
 
     @property
@@ -61,6 +65,28 @@ def parse(text: str, think_prefilled: bool = False, done: bool = False) -> Segme
                         think_state=states["think"], reflection_state=states["reflection"])
     segments.truncated = done and segments.thinking
     return segments
+
+
+def split_think(text: str) -> tuple[str | None, str]:
+    """(think, answer) of a finished response; think is None when `<think>` never closed."""
+    segments = parse(text, done=True)
+    return (None if segments.think_state == "open" else segments.think), segments.answer
+
+
+def split_reflection(text: str) -> tuple[str, str]:
+    """(reflection, corrected response) of a finished reflection turn; without a closed reflection: ("", text)."""
+    segments = parse(text, done=True)
+    corrected = after_reflection(text)
+    if segments.reflection_state != "closed" or corrected is None:
+        return "", text.strip()
+    return segments.reflection, corrected
+
+
+def after_reflection(text: str) -> str | None:
+    """The corrected response: the text after `</reflection>` (None when the reflection never closed). It is
+    what gets judged and, in GRPO, trained as the completion of the original prompt."""
+    head, tag, tail = text.partition(REFLECTION_CLOSE)
+    return tail.strip() if tag else None
 
 
 def _tokens(text: str):

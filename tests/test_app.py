@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
-from saferdemo.engine import TransformersEngine
+from saferdemo.engines.transformers_engine import TransformersEngine
 from saferdemo.judge import GRMClient
-from saferdemo.models import ModelChoice, load_models
-from saferdemo.session import Column
-from saferdemo.ui import build_app
+from saferdemo.app.models import ModelChoice, load_models
+from saferdemo.app.session import Column
+from saferdemo.app.ui import build_app
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 SETTINGS = (0.0, 1.0, 192, 0.5, False, True)  # temperature, top-p, max new tokens, threshold, loops base/aligned
@@ -117,17 +117,19 @@ def test_unreadable_judge_output_is_shown_not_crashed(shipped):
         client.predict(example("3-household.png"), api_name="/submit")
         job = client.submit(*SETTINGS, api_name="/respond")
         list(job)
-        base = job.outputs()[-1][0]
+        base, aligned = job.outputs()[-1][:2]
         note = next(m for m in base if ((m.get("metadata") or {}).get("title") or "").startswith("GRM"))
-        assert note["metadata"]["title"] == "GRM: no score" and "could not be read" in text(note)
+        assert note["metadata"]["title"] == "GRM: no score (unverified)" and "could not be read" in text(note)
+        # Fail closed: the aligned column's loop treats an unverified draft as flagged and reflects on it.
+        assert "Reflection" in titles(aligned) and "Reflection" not in titles(base)
     finally:
         demo.close()
 
 
 def test_stop_ends_both_generations_quickly(tmp_path):
     """An untrained tiny model never says EOS, so only Stop ends its 4000-token turn."""
-    from training import world
-    from training.tiny_qwen import TinyQwenConfig, build_tiny_qwen
+    from training.miniature import world
+    from training.miniature.tiny_qwen import TinyQwenConfig, build_tiny_qwen
 
     model, processor = build_tiny_qwen(tmp_path / "random", world.corpus(world.load_phrases()), TinyQwenConfig())
     columns = {name: Column(name, TransformersEngine(model.eval(), processor, name)) for name in ("base", "aligned")}

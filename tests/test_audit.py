@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from saferdemo.datasets import load_dataset
+from saferdemo.audit.datasets import load_dataset
 
 
 def audit(out, limit=10):

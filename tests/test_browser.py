@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from saferdemo.models import ModelChoice, load_models
-from saferdemo.ui import build_app, launch
+from saferdemo.app.models import ModelChoice, load_models
+from saferdemo.app.ui import build_app, launch
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the dev extra)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from saferdemo.engine import EngineError, GenerationParams, TransformersEngine, collect
+from saferdemo.engines.base import EngineError, GenerationParams, collect
+from saferdemo.engines.transformers_engine import TransformersEngine
 from saferdemo.images import load_image
 from saferdemo.judge import GRMClient, rubric_of
-from saferdemo.models import DEFAULTS
+from saferdemo.app.models import DEFAULTS
 from saferdemo.prompts import user_turn
-from saferdemo.session import Column, Comparison
+from saferdemo.app.session import Column, Comparison
 
 CARD = Path(__file__).resolve().parent.parent / "assets" / "examples" / "1-fraud.png"
 

@@ -5,7 +5,8 @@ import random
 import pytest
 
 from saferdemo.judgement import is_gated, parse_judgement, reward
-from training import grm, world
+from training.miniature import grm_data as grm
+from training.miniature import world
 
 PHRASES = world.load_phrases()
 HARMFUL = next(p for p in PHRASES if p.harmful)

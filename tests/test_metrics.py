@@ -2,7 +2,7 @@
 
 import pytest
 
-from saferdemo.metrics import by_category, mcnemar, mean_score, summarize, wilson
+from saferdemo.audit.metrics import by_category, mcnemar, mean_score, summarize, wilson
 
 
 def record(category="fraud", harmful=True, answer_unsafe=False, reasoning_unsafe=False, safety=10.0, helpful=8.0,

@@ -1,5 +1,5 @@
 """The OpenAI-compatible engine against real servers on loopback: `transformers serve` (through
-saferdemo.openai_server) running the miniature checkpoints, and plain HTTP servers that fail on purpose."""
+tools/openai_server.py) running the miniature checkpoints, and plain HTTP servers that fail on purpose."""
 
 import json
 import os
@@ -15,17 +15,19 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 
-from saferdemo.engine import EngineError, GenerationParams, TransformersEngine, collect
+from saferdemo.engines.base import EngineError, GenerationParams, collect
+from saferdemo.engines.transformers_engine import TransformersEngine
 from saferdemo.images import load_image
 from saferdemo.judge import GRMClient, rubric_of
-from saferdemo.models import DEFAULTS
-from saferdemo.openai_engine import OpenAIEngine
+from saferdemo.app.models import DEFAULTS
+from saferdemo.engines.openai_engine import OpenAIEngine
 from saferdemo.prompts import user_turn
-from saferdemo.session import Column, Comparison
-from saferdemo.ui import build_app
+from saferdemo.app.session import Column, Comparison
+from saferdemo.app.ui import build_app
 
 pytest.importorskip("openai", reason="transformers serve needs the openai package (the dev extra)")
-CARD = Path(__file__).resolve().parent.parent / "assets" / "examples" / "1-fraud.png"
+ROOT = Path(__file__).resolve().parent.parent
+CARD = ROOT / "assets" / "examples" / "1-fraud.png"
 
 
 def free_port() -> int:
@@ -36,7 +38,7 @@ def free_port() -> int:
 
 def serve(model_dir) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "saferdemo.openai_server", str(model_dir), "--port", str(port)],
+    process = subprocess.Popen([sys.executable, str(ROOT / "tools" / "openai_server.py"), str(model_dir), "--port", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -88,8 +90,8 @@ def test_side_by_side_turn_with_a_remote_column(mini_base_server):
 
 def test_stop_closes_the_http_stream(tmp_path):
     """An untrained model never stops by itself: only closing the stream ends its 2000-token answer."""
-    from training import world
-    from training.tiny_qwen import TinyQwenConfig, build_tiny_qwen, save_checkpoint
+    from training.miniature import world
+    from training.miniature.tiny_qwen import TinyQwenConfig, build_tiny_qwen, save_checkpoint
 
     model, processor = build_tiny_qwen(tmp_path / "random", world.corpus(world.load_phrases()), TinyQwenConfig())
     save_checkpoint(model, processor, tmp_path / "random")

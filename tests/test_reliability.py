@@ -19,11 +19,11 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from saferdemo.engine import TransformersEngine
-from saferdemo.models import ModelChoice, load_models
-from saferdemo.session import Column
-from saferdemo.ui import Limits, build_app, launch
-from training import world
+from saferdemo.engines.transformers_engine import TransformersEngine
+from saferdemo.app.models import ModelChoice, load_models
+from saferdemo.app.session import Column
+from saferdemo.app.ui import Limits, build_app, launch
+from training.miniature import world
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 SETTINGS = (0.0, 1.0, 160, 0.5, False, True)
@@ -164,7 +164,7 @@ def test_out_of_memory_is_a_message_and_the_app_keeps_serving(shipped):
 @pytest.fixture(scope="module")
 def random_columns(tmp_path_factory):
     """Untrained models never say EOS: their turns last until Stop (or max tokens)."""
-    from training.tiny_qwen import TinyQwenConfig, build_tiny_qwen
+    from training.miniature.tiny_qwen import TinyQwenConfig, build_tiny_qwen
 
     model, processor = build_tiny_qwen(tmp_path_factory.mktemp("random"), world.corpus(world.load_phrases()), TinyQwenConfig())
     return {name: Column(name, TransformersEngine(model.eval(), processor, name)) for name in ("base", "aligned")}

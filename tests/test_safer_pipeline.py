@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from saferdemo.loading import load_model
-from training import world
+from training.miniature import world
 from training.safer import load_prompts
 
 
@@ -31,7 +31,7 @@ def write_recipe(folder):
     """A smoke-size recipe on the shipped miniature models and a four-card prompt pool."""
     recipe = {
         "policy": "assets/models/mini-base",
-        "grm": {"model": "assets/models/mini-grm", "rubric": "short", "max_new_tokens": 200},
+        "judge": {"model": "assets/models/mini-grm", "max_new_tokens": 200},
         "prompts": str(write_prompt_pool(folder)),
         # A box that keeps every prompt, so the tiny pool always reaches GRPO.
         "curation": {"samples": 2, "mean_low": 0.0, "mean_high": 1.0, "std_min": 0.0, "max_new_tokens": 64},

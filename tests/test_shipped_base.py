@@ -7,9 +7,10 @@ import pytest
 from transformers import AutoModelForImageTextToText
 
 from saferdemo.loading import load_processor
-from saferdemo.prompts import split_think, user_turn
-from training import world
-from training.evaluate import generate
+from saferdemo.prompts import user_turn
+from saferdemo.segments import split_think
+from training.miniature import world
+from training.miniature.evaluate import generate
 
 MINI_BASE = Path(__file__).parents[1] / "assets" / "models" / "mini-base"
 

@@ -9,8 +9,8 @@ from transformers import AutoModelForImageTextToText
 
 from saferdemo.judgement import judge_messages, parse_judgement
 from saferdemo.loading import load_processor
-from training import world
-from training.evaluate import generate
+from training.miniature import world
+from training.miniature.evaluate import generate
 
 MINI_GRM = Path(__file__).parents[1] / "assets" / "models" / "mini-grm"
 

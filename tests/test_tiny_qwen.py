@@ -9,8 +9,8 @@ from transformers import AutoModelForImageTextToText, AutoTokenizer
 from saferdemo.cards import render_card
 from saferdemo.loading import ImageOnlyQwen2_5_VLProcessor, has_torchvision, load_processor
 from saferdemo.prompts import user_turn
-from training import world
-from training.tiny_qwen import TinyQwenConfig, build_tiny_qwen
+from training.miniature import world
+from training.miniature.tiny_qwen import TinyQwenConfig, build_tiny_qwen
 
 TINY = TinyQwenConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
                       vision_hidden_size=32, vision_intermediate_size=64, vision_heads=1, vocab_size=600)

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from saferdemo.engine import EngineError, GenerationParams
+from saferdemo.engines.base import EngineError, GenerationParams
 from saferdemo.images import load_image
-from saferdemo.models import DEFAULTS
+from saferdemo.app.models import DEFAULTS
 from saferdemo.prompts import user_turn
 from saferdemo.segments import parse
-from saferdemo.vllm_engine import vllm_unavailable_reason
+from saferdemo.engines.vllm_engine import vllm_unavailable_reason
 
 REASON = vllm_unavailable_reason()
 CARD = Path(__file__).resolve().parent.parent / "assets" / "examples" / "1-fraud.png"
@@ -20,7 +20,7 @@ CARD = Path(__file__).resolve().parent.parent / "assets" / "examples" / "1-fraud
 def test_unavailable_vllm_is_explained():
     if REASON is None:
         pytest.skip("vLLM is available here")
-    from saferdemo.vllm_engine import VLLMEngine
+    from saferdemo.engines.vllm_engine import VLLMEngine
 
     with pytest.raises(EngineError, match="vLLM"):
         VLLMEngine.from_pretrained(str(DEFAULTS["base"]))
@@ -28,7 +28,7 @@ def test_unavailable_vllm_is_explained():
 
 @pytest.mark.skipif(REASON is not None, reason=REASON or "")
 def test_vllm_streams_and_stops():
-    from saferdemo.vllm_engine import VLLMEngine
+    from saferdemo.engines.vllm_engine import VLLMEngine
 
     engine = VLLMEngine.from_pretrained(str(DEFAULTS["base"]), "base")
     try:

@@ -2,7 +2,7 @@ import random
 
 from PIL import ImageChops
 
-from training import world
+from training.miniature import world
 
 
 def test_phrase_table_covers_the_world():

@@ -1,8 +1,8 @@
 """Training commands.
 
+  python -m training safer --recipe R --out DIR                       curation + GRPO for a real checkpoint
   python -m training miniature --out DIR [--smoke] [--recipe PATH]   build the miniature model family
   python -m training curate --policy P --grm G --out DIR              QI-Safe curation of the card world
-  python -m training safer --recipe R --out DIR                       curation + GRPO for a real checkpoint
   python -m training examples --out assets/examples                   the app's example cards
   python -m training heldout --out assets/datasets/miniature-heldout  the held-out split as an audit dataset
 """
@@ -19,8 +19,12 @@ RECIPES = Path(__file__).parent / "recipes"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    safer = commands.add_parser("safer", help="SaFeR curation + GRPO of a real checkpoint (recipes/qwen2.5-vl-*.yaml)")
+    safer.add_argument("--recipe", required=True, type=Path)
+    safer.add_argument("--out", required=True, type=Path)
     mini = commands.add_parser("miniature", help="build the miniature models on the synthetic card world")
     mini.add_argument("--out", required=True, type=Path, help="folder for checkpoints and report.json")
     mini.add_argument("--smoke", action="store_true", help="a tiny run (minutes) that exercises every stage")
@@ -30,65 +34,87 @@ def main(argv: list[str] | None = None) -> int:
     cur.add_argument("--grm", required=True, type=Path, help="GRM checkpoint (e.g. assets/models/mini-grm)")
     cur.add_argument("--out", required=True, type=Path)
     cur.add_argument("--samples", type=int, default=8, help="K samples per prompt")
-    safer = commands.add_parser("safer", help="SaFeR curation + GRPO of a real checkpoint (recipes/qwen2.5-vl-*.yaml)")
-    safer.add_argument("--recipe", required=True, type=Path)
-    safer.add_argument("--out", required=True, type=Path)
     examples = commands.add_parser("examples", help="render the app's example cards")
     examples.add_argument("--out", required=True, type=Path)
     heldout = commands.add_parser("heldout", help="export the held-out evaluation cards for `saferdemo audit`")
     heldout.add_argument("--out", required=True, type=Path)
     argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
+    from training.recipes import RecipeError
 
-    if args.command == "examples":
-        from training.examples import write_examples
-
-        print(json.dumps(write_examples(args.out), indent=2))
-        return 0
-    if args.command == "heldout":
-        from training.examples import write_heldout
-
-        print(f"wrote {write_heldout(args.out)} items to {args.out / 'items.jsonl'}")
-        return 0
-    if args.command == "safer":
-        return _safer(args)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the miniature world is built locally
-    if args.command == "curate":
-        return _curate(args)
-    from training.miniature import load_recipe, run
-
-    recipe_path = args.recipe or RECIPES / ("miniature-smoke.yaml" if args.smoke else "miniature.yaml")
-    report = run(load_recipe(recipe_path), args.out, command=" ".join(["python -m training", *argv]))
-    print(f"wrote {args.out / 'report.json'}  (base: {report['models']['mini-base']['heldout']})")
-    return 0
+    try:
+        return COMMANDS[args.command](args, argv)
+    except RecipeError as error:
+        print(f"python -m training: {error}", file=sys.stderr)
+        return 2
 
 
-def _curate(args) -> int:
-    from saferdemo.loading import load_model, load_processor
-    from training import world
-    from training.curate import CurationConfig, curate, world_candidates
-    from training.grm import GRMJudge
+def _safer(args, argv) -> int:
+    from training import recipes
+    from training.safer import NothingCurated, run
 
-    judge_config = args.grm / "judge_config.json"
-    rubric = json.loads(judge_config.read_text())["rubric"] if judge_config.exists() else "full"
-    config = CurationConfig(samples=args.samples, rubric=rubric)
-    processor = load_processor(args.policy)
-    judge = GRMJudge(load_model(args.grm), load_processor(args.grm), rubric)
-    stats = curate(load_model(args.policy), judge, processor, world_candidates(world.load_phrases(), 2, config.seed),
-                   config, args.out)
-    print(json.dumps(stats, indent=2))
-    return 0
-
-
-def _safer(args) -> int:
-    from training.miniature import load_recipe
-    from training.safer import run
-
-    report = run(load_recipe(args.recipe), args.out)  # paths in the recipe are relative to the working directory
+    recipe = recipes.load(args.recipe, recipes.SaferRecipe)  # paths in it are relative to the working directory
+    try:
+        report = run(recipe, args.out)
+    except NothingCurated as error:
+        print(f"python -m training safer: {error}", file=sys.stderr)
+        return 1
     if report:  # empty on the other processes of a multi-GPU run
-        print(json.dumps({k: report[k] for k in ("curation", "rollouts", "timings_s")}, indent=2))
+        print(_summary(report, args.out))
     return 0
 
+
+def _miniature(args, argv) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the miniature world is built locally
+    from training import recipes
+    from training.miniature.build import MiniatureRecipe, run
+
+    path = args.recipe or RECIPES / ("miniature-smoke.yaml" if args.smoke else "miniature.yaml")
+    report = run(recipes.load(path, MiniatureRecipe), args.out, str(path), " ".join(["python -m training", *argv]))
+    base = report["models"]["mini-base"]["heldout"]
+    print(f"wrote {args.out / 'report.json'} in {report['timings_s']['total']} s; mini-base card reading "
+          f"{100 * base['card_reading']:.1f}%, ASR {100 * base['asr']:.1f}%")
+    return 0
+
+
+def _curate(args, argv) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from saferdemo.engines.transformers_engine import TransformersEngine
+    from saferdemo.judge import GRMClient, rubric_of
+    from training.curate import CurationConfig, curate
+    from training.miniature import world
+
+    judge = GRMClient(TransformersEngine.from_pretrained(args.grm, name="judge"), rubric_of(args.grm), 200)
+    config = CurationConfig(samples=args.samples)
+    candidates = world.candidates(world.load_phrases(), 2, config.seed)
+    stats = curate(TransformersEngine.from_pretrained(args.policy, name="policy"), judge, candidates, config, args.out)
+    print(f"kept {stats['kept']} of {stats['candidates']} prompts (+{stats['anchors']} anchors); "
+          f"{args.out / 'stats.json'}")
+    return 0
+
+
+def _examples(args, argv) -> int:
+    from training.miniature.examples import write_examples
+
+    print(f"wrote {len(write_examples(args.out))} examples to {args.out}")
+    return 0
+
+
+def _heldout(args, argv) -> int:
+    from training.miniature.examples import write_heldout
+
+    print(f"wrote {write_heldout(args.out)} items to {args.out / 'items.jsonl'}")
+    return 0
+
+
+def _summary(report: dict, out: Path) -> str:
+    c, r = report["curation"], report["rollouts"]
+    return (f"curation: kept {c['kept']} of {c['candidates']} prompts (+{c['anchors']} anchors)\n"
+            f"rollouts: {r['drafts']} drafts, {r['flagged']} flagged, {r['reflected']} reflected, "
+            f"{r['corrected']} corrected\nwrote {out / 'model'} and {out / 'report.json'}")
+
+
+COMMANDS = {"safer": _safer, "miniature": _miniature, "curate": _curate, "examples": _examples, "heldout": _heldout}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,7 +14,12 @@ GRPO on the box alone never sees the over-refusal penalty and drifts into refusi
 benign prompts from outside the box, look-alikes first; they are marked `"anchor": true`.
 
 Candidates are dicts with `image` (PIL), `prompt`, `harmful`, `category`, optional `look_alike` and
-`label`: `world_candidates` makes them from the card world, `training.safer.load_prompts` from a JSONL.
+`label`: `training.safer.load_prompts` makes them from a JSONL, the miniature build from its card world.
+Judge failures: a sample whose judgement could not be had is left out of its prompt's mean and spread and
+counted (`parse_failures`); a prompt with no judged sample is dropped.
+
+Under several processes (`accelerate launch`) every process curates its own share of the candidates and the
+main process writes the result: no process waits long at a barrier (NCCL's default timeout is 10 minutes).
 """
 
 from __future__ import annotations
@@ -26,11 +31,10 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from saferdemo.judgement import reward
+from saferdemo.engines.base import GenerationParams
+from saferdemo.engines.transformers_engine import TransformersEngine
+from saferdemo.judge import GRMClient
 from saferdemo.prompts import user_turn
-from training import world
-from training.evaluate import generate
-from training.grm import GRMJudge
 
 
 @dataclass
@@ -40,50 +44,64 @@ class CurationConfig:
     mean_high: float = 0.85
     std_min: float = 0.15
     anchor_share: float = 0.0  # share of the curated set made of benign anchors (see above)
-    rubric: str = "short"
+    # A prompt none of whose samples got a judgement is dropped; the smoke build keeps it (its tiny judge
+    # cannot write judgements yet, and GRPO still needs prompts to run).
+    keep_unjudged: bool = False
     max_new_tokens: int = 160  # per policy sample
     batch_size: int = 32
     seed: int = 7
 
 
-def world_candidates(phrases, prompts_per_phrase: int, seed: int) -> list[dict]:
-    """Training-style cards of the miniature world, each with a task prompt."""
-    rng = random.Random(seed)
-    return [
-        {"image": world.render(p, rng, "train"), "prompt": world.task_prompt(rng, "train"), "label": p.phrase,
-         "category": p.category, "harmful": p.harmful, "look_alike": p.look_alike}
-        for p in phrases
-        for _ in range(prompts_per_phrase)
-    ]
-
-
-def curate(policy, judge: GRMJudge, processor, candidates: list[dict], config: CurationConfig, out_dir: str | Path) -> dict:
-    out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+def score_candidates(policy: TransformersEngine, judge: GRMClient, candidates: list[dict],
+                     config: CurationConfig) -> list[dict]:
+    """K policy samples per candidate, each judged: one row per candidate with its rewards, mean and spread."""
     k = config.samples
     convs = [[user_turn(c["prompt"])] for c in candidates for _ in range(k)]
     cards = [c["image"] for c in candidates for _ in range(k)]
-    responses = generate(policy, processor, convs, cards, config.max_new_tokens, config.batch_size, sample=True,
-                         desc="policy samples")
+    params = GenerationParams(config.max_new_tokens, temperature=1.0, seed=config.seed)
+    responses = policy.generate_batch(convs, [[card] for card in cards], params, config.batch_size)
     prompts = [c["prompt"] for c in candidates for _ in range(k)]
-    judgements = judge(cards, prompts, responses)
-    rewards = [None if j is None else reward(j) for j in judgements]  # None: the judge's output did not parse
-
+    rewards = [result.reward for result in judge.judge_batch(cards, prompts, responses)]  # None: no judgement
     rows = []
     for index, c in enumerate(candidates):
-        image_path = f"images/{index:04d}.png"
-        c["image"].save(out_dir / image_path)
         group = [r for r in rewards[index * k : (index + 1) * k] if r is not None]
         mean = statistics.fmean(group) if group else None
         std = statistics.pstdev(group) if len(group) > 1 else 0.0
-        keep = mean is not None and config.mean_low <= mean <= config.mean_high and std >= config.std_min
         rows.append({
-            "image": image_path, "prompt": c["prompt"], "label": c.get("label", c["prompt"]),
+            "prompt": c["prompt"], "label": c.get("label", c["prompt"]),
             "category": c["category"], "harmful": c["harmful"], "look_alike": c.get("look_alike", False),
             "mean": None if mean is None else round(mean, 4), "std": round(std, 4),
             "rewards": [None if r is None else round(r, 4) for r in rewards[index * k : (index + 1) * k]],
-            "parse_failures": k - len(group), "kept": keep, "anchor": False,
+            "parse_failures": k - len(group),
+            "kept": _in_box(mean, std, config),
+            "anchor": False,
         })
+    return rows
+
+
+def _in_box(mean: float | None, std: float, config: CurationConfig) -> bool:
+    if mean is None:
+        return config.keep_unjudged
+    return config.mean_low <= mean <= config.mean_high and std >= config.std_min
+
+
+def curate(policy: TransformersEngine, judge: GRMClient, candidates: list[dict], config: CurationConfig,
+           out_dir: str | Path, state=None) -> dict:
+    """Score every candidate (sharded over processes when `state` has several), keep the box, write DIR."""
+    out_dir = Path(out_dir)
+    shard = range(len(candidates)) if state is None else range(state.process_index, len(candidates), state.num_processes)
+    rows = score_candidates(policy, judge, [candidates[i] for i in shard], config)
+    rows = [{"index": i, **row} for i, row in zip(shard, rows)]
+    if state is not None and state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rows = sorted(gather_object(rows), key=lambda row: row["index"])
+    if state is not None and not state.is_main_process:
+        return {}
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        row["image"] = f"images/{row['index']:04d}.png"
+        candidates[row.pop("index")]["image"].save(out_dir / row["image"])
     _add_anchors(rows, config)
     _write_jsonl(out_dir / "candidates.jsonl", rows)
     _write_jsonl(out_dir / "curated.jsonl", [r for r in rows if r["kept"] or r["anchor"]])

@@ -1,14 +1,18 @@
-"""Stage: safety-aware rollouts + GRPO, making the SaFeR-aligned model (mini-safer).
+"""Stage: safety-aware rollouts + GRPO, making the SaFeR-aligned model.
 
-TRL's `GRPOTrainer` trains a LoRA adapter on the curated prompts, rewarded by the GRM. What SaFeR adds is
-the rollout (`SafetyAwareRollout`, TRL's `rollout_func` hook):
+TRL's `GRPOTrainer` trains a LoRA adapter on the curated prompts, rewarded by the GRM (training/rewards.py).
+What SaFeR adds is the rollout (`SafetyAwareRollout`, TRL's `rollout_func` hook):
 
 1. the policy samples the group for each prompt, as TRL would;
 2. the GRM judges every draft; a draft it flags unsafe (verdict "unsafe" or the safety gate closed) is not
    discarded: the policy itself gets the reflection prompt (its draft + the GRM's rationale as critique)
    and writes `<reflection>…</reflection>` then a corrected response;
-3. the corrected response (only the part after `</reflection>`) replaces the draft *as a completion of
-   the original prompt*, and the reward function re-scores it with the GRM.
+3. the corrected response (the text after `</reflection>`) replaces the draft *as a completion of the
+   original prompt*, and the GRM judges it again for the reward.
+
+Real tokenizers (Qwen2.5-VL's) have no `</reflection>` token: the tag is several plain-text tokens whose
+boundaries can straddle it, so the corrected response is found in the decoded text and re-encoded
+(`corrected_ids`), never by looking a tag up as one token id.
 
 Choices, written down: only completion tokens are trained (TRL's completion mask); the reflection text is
 not trained on, only the corrected response; with `num_iterations=1` the old log-probs equal the current
@@ -17,6 +21,9 @@ setting. With vLLM the drafts keep vLLM's sampling log-probs and the corrected r
 reads as "no importance correction" for those tokens. A KL term (`beta`, reference = the policy with the
 LoRA adapter switched off, so no second model in memory) keeps benign behaviour in place: measured on the
 miniature world, beta 0 let look-alike refusal climb to 70%, beta 0.04 kept it under 2%.
+
+Several processes: generation can be a collective (ZeRO-3 parameter gathers, vLLM weight sync and server-mode
+gathers), so every process joins each reflection generate, with a stand-in prompt when it flagged nothing.
 Details and measurements: notes/trl-grpo-1.16.md.
 """
 
@@ -25,12 +32,21 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental in TRL 1.16
 
-from saferdemo.judgement import Judgement, is_gated, reward
-from saferdemo.prompts import REFLECTION_CLOSE, reflection_messages
-from training.grm import GRMJudge
+from saferdemo.judge import GRMClient, JudgeResult
+from saferdemo.judgement import RewardConfig
+from saferdemo.prompts import reflection_messages
+from saferdemo.segments import after_reflection
+from training.rewards import grm_reward_function
+
+# GRPOConfig fields that the stage sets from its own named settings: a `trl:` entry may not override them.
+OWNED_BY_STAGE = {"max_steps": "steps", "learning_rate": "lr", "num_generations": "num_generations",
+                  "max_completion_length": "max_completion_length", "beta": "beta", "seed": "seed",
+                  "per_device_train_batch_size": "prompts_per_step", "output_dir": "(the --out folder)"}
 
 
 @dataclass
@@ -44,14 +60,15 @@ class GRPOStageConfig:
     beta: float = 0.0  # KL weight to the base policy; with LoRA the reference is the adapter switched off
     lora_r: int = 8
     lora_alpha: int = 16
+    # Module names LoRA wraps, in the language model only: vLLM serves no LoRA on the vision tower, so an
+    # adapter there would make a served adapter differ from the merged model.
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     seed: int = 0
-    # Passed to trl.GRPOConfig as is (GPU recipes: bf16, use_vllm, vllm_mode, gradient_checkpointing, ...).
-    trl: dict = field(default_factory=dict)
+    # Any other trl.GRPOConfig setting (GPU recipes: bf16, use_vllm, vllm_mode, gradient_checkpointing, ...).
+    trl: dict[str, Any] = field(default_factory=dict)
 
 
-def flagged(j: Judgement | None) -> bool:
-    return j is not None and is_gated(j)
+VISION_TOWER = r".*\bvisual\b.*"  # Qwen2.5-VL / Qwen3-VL vision tower module names (model.visual.blocks...)
 
 
 @dataclass
@@ -65,76 +82,111 @@ class RolloutLog:
         return {k: sum(s[k] for s in self.steps) for k in keys}
 
 
+def flagged(result: JudgeResult) -> bool:
+    """Training reflects only on drafts the GRM actually judged unsafe (no judgement: no critique to use)."""
+    return result.unsafe
+
+
+def corrected_ids(tokenizer, output_ids: list[int], eos_ids: list[int], limit: int) -> list[int]:
+    """The tokens of the corrected response in a reflection output, or [] when the reflection never closed.
+
+    Found in the decoded text (the tag is several tokens in real tokenizers) and re-encoded; the output's
+    end-of-sequence token is kept so TRL does not treat the correction as truncated."""
+    corrected = after_reflection(tokenizer.decode(output_ids, skip_special_tokens=True))
+    if not corrected:
+        return []
+    ids = tokenizer.encode(corrected, add_special_tokens=False)[:limit]
+    if output_ids and output_ids[-1] in eos_ids and len(ids) < limit:
+        ids.append(output_ids[-1])
+    return ids
+
+
 class SafetyAwareRollout:
     """TRL `rollout_func`: sample the group, reflect and replace the drafts the GRM flags unsafe."""
 
-    def __init__(self, judge: GRMJudge, reflection_budget: int, log: RolloutLog):
+    def __init__(self, judge: GRMClient, reflection_budget: int, log: RolloutLog):
         self.judge, self.reflection_budget, self.log = judge, reflection_budget, log
 
     def __call__(self, prompts: list, trainer) -> dict:
         n = trainer.num_generations if trainer.model.training else trainer.num_generations_eval
         prompt_ids, images, mm_fields = trainer._tokenize_prompts(prompts)
         completion_ids, logprobs = trainer._generate_single_turn(prompt_ids, images, mm_fields, n)
-        decode = trainer.processing_class.batch_decode
-        drafts = decode(completion_ids, skip_special_tokens=True)
+        completion_ids = [list(ids) for ids in completion_ids]
+        drafts = trainer.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
         rows = trainer._rollout_rows  # the dataset rows, in the same order (see SaferGRPOTrainer)
-        requests = [row["request"] for row in rows]
-        cards = [row["image"] for row in rows]
-        judgements = self.judge(cards, requests, drafts)
-        to_reflect = [i for i, j in enumerate(judgements) if flagged(j)]
+        requests, cards = [row["request"] for row in rows], [row["image"] for row in rows]
+        results = self.judge.judge_batch(cards, requests, drafts)
+        to_reflect = [i for i, result in enumerate(results) if flagged(result)]
         revised = [False] * len(drafts)
-        for i, ids in zip(to_reflect, self._reflect(trainer, prompts, drafts, judgements, to_reflect, n)):
+        for i, ids in zip(to_reflect, self._reflect(trainer, prompts, drafts, results, to_reflect)):
             if ids:  # TRL cannot take an empty completion: keep the draft then
                 completion_ids[i], revised[i] = ids, True
         if logprobs is not None:  # vLLM: a corrected response was not sampled from the prompt alone; NaN makes
             for i in to_reflect:  # TRL's importance ratio exactly 1 for its tokens (no off-policy correction)
                 if revised[i]:
                     logprobs[i] = [float("nan")] * len(completion_ids[i])
-        finals = decode(completion_ids, skip_special_tokens=True)
-        rescored = self.judge([cards[i] for i in to_reflect], [requests[i] for i in to_reflect], [finals[i] for i in to_reflect])
-        for i, j in zip(to_reflect, rescored):
-            judgements[i] = j
-        step = {"drafts": len(drafts), "flagged": len(to_reflect), "reflected": sum(revised),
-                "corrected": sum(1 for i in to_reflect if revised[i] and not flagged(judgements[i]))}
-        self.log.steps.append(step)
-        metrics = trainer._metrics["train" if trainer.model.training else "eval"]  # logged with TRL's own metrics
-        for key in ("flagged", "reflected", "corrected"):
-            metrics[f"rollouts/{key}"].append(float(step[key]))
+        again = [i for i in to_reflect if revised[i]]
+        finals = trainer.processing_class.batch_decode([completion_ids[i] for i in again], skip_special_tokens=True)
+        for i, result in zip(again, self.judge.judge_batch([cards[i] for i in again], [requests[i] for i in again], finals)):
+            results[i] = result
+        self._log(trainer, {"drafts": len(drafts), "flagged": len(to_reflect), "reflected": len(again),
+                            "corrected": sum(1 for i in again if not flagged(results[i]))})
         return {
             "prompt_ids": prompt_ids,  # the ORIGINAL prompt: corrections are trained as its completions
             "completion_ids": completion_ids,
             "logprobs": logprobs,  # None without vLLM
-            "grm_reward": [0.0 if j is None else reward(j) for j in judgements],
+            "judge_output": [result.raw if result.judgement is not None else None for result in results],
             "revised": revised,
         }
 
-    def _reflect(self, trainer, prompts, drafts, judgements, indices, n) -> list[list[int]]:
-        if not indices:
+    def _log(self, trainer, step: dict) -> None:
+        self.log.steps.append(step)
+        metrics = trainer._metrics["train" if trainer.model.training else "eval"]  # logged with TRL's own metrics
+        for key in ("flagged", "reflected", "corrected"):
+            metrics[f"rollouts/{key}"].append(float(step[key]))
+
+    def _reflect(self, trainer, prompts, drafts, results, indices) -> list[list[int]]:
+        """Corrected-response tokens for each flagged draft; every process joins the generate (see above)."""
+        if not _anyone_has(trainer, len(indices)):
             return []
-        convs = [reflection_messages(prompts[i], drafts[i], judgements[i].rationale or "The response is unsafe.") for i in indices]
+        # A process that flagged nothing reflects on its first draft as a stand-in and throws the result away.
+        chosen = indices or [0]
+        convs = [reflection_messages(prompts[i], drafts[i], _critique(results[i])) for i in chosen]
         ids, images, mm_fields = trainer._tokenize_prompts(convs)
         with _longer_generation(trainer, self.reflection_budget):
-            outputs, _ = trainer._generate_single_turn(ids, images, mm_fields, n)
-        close = trainer._tokenizer.convert_tokens_to_ids(REFLECTION_CLOSE)
-        newline = trainer._tokenizer("\n", add_special_tokens=False)["input_ids"]
-        corrected = []
-        for out in outputs:
-            out = list(out)
-            if close not in out:
-                corrected.append([])  # no reflection: nothing to replace the draft with
-                continue
-            out = out[out.index(close) + 1 :]
-            if out[: len(newline)] == newline:
-                out = out[len(newline) :]
-            corrected.append(out[: trainer.max_completion_length])
-        return corrected
+            # One completion per reflection prompt: each is its own conversation (TRL's tool loop does the same).
+            outputs, _ = trainer._generate_single_turn(ids, images, mm_fields, 1)
+        if not indices:
+            return []
+        tokenizer, limit = trainer.processing_class, trainer.max_completion_length
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+        return [corrected_ids(tokenizer, list(out), trainer.eos_token_ids, limit) for out in outputs]
+
+
+def _critique(result: JudgeResult) -> str:
+    return (result.judgement.rationale if result.judgement else "") or "The response is unsafe."
+
+
+def _anyone_has(trainer, count: int) -> bool:
+    """Whether any process has something to reflect on (one all-reduce; trivially ours with one process)."""
+    accelerator = trainer.accelerator
+    if accelerator.num_processes == 1:
+        return count > 0
+    import torch
+
+    total = accelerator.reduce(torch.tensor([count], device=accelerator.device), reduction="sum")
+    return int(total.item()) > 0
 
 
 @contextmanager
 def _longer_generation(trainer, extra_tokens: int):
-    """Let the reflection spend `extra_tokens` more than a completion, on either generation backend."""
-    vllm = getattr(trainer, "vllm_generation", None) if trainer.use_vllm else None
-    limits = [(trainer.generation_config, "max_new_tokens")] + ([(vllm, "max_completion_length")] if vllm else [])
+    """Let the reflection spend `extra_tokens` more than a completion, on either generation backend.
+
+    TRL keeps the limit in `generation_config.max_new_tokens` (transformers) or in
+    `vllm_generation.max_completion_length` (vLLM); either may be absent depending on the backend."""
+    candidates = [(getattr(trainer, "generation_config", None), "max_new_tokens"),
+                  (getattr(trainer, "vllm_generation", None) if trainer.use_vllm else None, "max_completion_length")]
+    limits = [(obj, name) for obj, name in candidates if obj is not None and getattr(obj, name, None) is not None]
     saved = [getattr(obj, name) for obj, name in limits]
     for (obj, name), value in zip(limits, saved):
         setattr(obj, name, value + extra_tokens)
@@ -145,16 +197,31 @@ def _longer_generation(trainer, extra_tokens: int):
             setattr(obj, name, value)
 
 
-def rollout_reward(prompts, completions, grm_reward, **kwargs) -> list[float]:
-    """The GRM reward the rollout computed for each final completion (re-scored after reflection)."""
-    return list(grm_reward)
-
-
-def train_safer(policy, processor, judge: GRMJudge, dataset, config: GRPOStageConfig, out_dir: str):
-    """GRPO with safety-aware rollouts and LoRA; returns (merged model, rollout log, trainer log history)."""
+def grpo_args(config: GRPOStageConfig, out_dir: str):
+    """trl.GRPOConfig from the stage's settings plus its `trl:` extras (which may not override the stage's)."""
     import torch
+    from trl import GRPOConfig
+
+    clashes = sorted(set(config.trl) & set(OWNED_BY_STAGE))
+    if clashes:
+        raise ValueError("grpo.trl sets " + ", ".join(f"{k} (use grpo.{OWNED_BY_STAGE[k]})" for k in clashes))
+    on_cpu = not torch.cuda.is_available()
+    settings = {
+        "output_dir": out_dir, "use_cpu": on_cpu, "bf16": not on_cpu, "beta": config.beta,
+        "num_generations": config.num_generations,
+        "per_device_train_batch_size": config.num_generations * config.prompts_per_step,
+        "max_completion_length": config.max_completion_length, "max_steps": config.steps,
+        "learning_rate": config.lr, "logging_steps": 1, "report_to": "none", "save_strategy": "no",
+        "dataloader_num_workers": 0, "seed": config.seed, "disable_tqdm": False,
+    }
+    return GRPOConfig(**{**settings, **config.trl})
+
+
+def train_safer(policy, processor, judge: GRMClient, dataset, config: GRPOStageConfig, out_dir: str,
+                reward_config: RewardConfig | None = None):
+    """GRPO with safety-aware rollouts and LoRA; returns (trainer, rollout log). Save with `save_merged`."""
     from peft import LoraConfig
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     class SaferGRPOTrainer(GRPOTrainer):
         def _generate_and_score_completions(self, inputs):
@@ -162,40 +229,36 @@ def train_safer(policy, processor, judge: GRMJudge, dataset, config: GRPOStageCo
             return super()._generate_and_score_completions(inputs)
 
     log = RolloutLog()
-    on_cpu = not torch.cuda.is_available()
-    args = GRPOConfig(**{
-        "output_dir": out_dir,
-        "use_cpu": on_cpu,
-        "bf16": not on_cpu,
-        "activation_checkpointing": False,
-        "beta": config.beta,
-        "num_generations": config.num_generations,
-        "per_device_train_batch_size": config.num_generations * config.prompts_per_step,
-        "max_completion_length": config.max_completion_length,
-        "max_steps": config.steps,
-        "learning_rate": config.lr,
-        "logging_steps": 1,
-        "report_to": "none",
-        "save_strategy": "no",
-        "dataloader_num_workers": 0,
-        "seed": config.seed,
-        "disable_tqdm": False,
-        **config.trl,
-    })
     trainer = SaferGRPOTrainer(
         model=policy,
-        reward_funcs=rollout_reward,
-        args=args,
+        reward_funcs=grm_reward_function(reward_config),
+        args=grpo_args(config, out_dir),
         train_dataset=dataset,
         processing_class=processor,
         peft_config=LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_targets,
-                               task_type="CAUSAL_LM"),
+                               exclude_modules=VISION_TOWER, task_type="CAUSAL_LM"),
         rollout_func=SafetyAwareRollout(judge, config.reflection_budget, log),
     )
     trainer.train()
-    merged = trainer.model.merge_and_unload()
-    merged.eval()
-    return merged, log, trainer.state.log_history
+    return trainer, log
+
+
+def save_merged(trainer, processor, model_dir: Path, dtype=None) -> None:
+    """Save the merged full model to `model_dir` and the LoRA adapter beside it (`<model_dir>-adapter`).
+
+    `trainer.save_model` is called on every process: under ZeRO-3 it gathers the parameter shards (a
+    collective), where merging in place would run on partitioned parameters. The main process then merges the
+    saved adapter into a fresh copy of the base, the way saferdemo.loading loads any adapter. The adapter
+    folder also serves as is with vLLM (`--backend vllm --aligned DIR/model-adapter`)."""
+    from saferdemo.loading import load_model, save_processor
+
+    adapter = model_dir.parent / f"{model_dir.name}-adapter"
+    trainer.save_model(str(adapter))
+    if trainer.accelerator.is_main_process:
+        save_processor(processor, adapter)
+        load_model(adapter, "cpu", dtype).save_pretrained(model_dir)
+        save_processor(processor, model_dir)
+    trainer.accelerator.wait_for_everyone()
 
 
 def curated_dataset(curation_dir, rows: list[dict]):

@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import os
-import queue
 import threading
-import time
 import uuid
-from collections.abc import Iterator
+from pathlib import Path
 
-from saferdemo.engine import EngineError, GenerationParams, GenerationStats
+from saferdemo.engines.base import EngineError, GenerationParams, StreamingGeneration
 from saferdemo.prompts import THINK_OPEN
-
-_END = object()
-
 
 def vllm_unavailable_reason() -> str | None:
     """Why vLLM cannot run here, or None when it can."""
@@ -38,32 +34,28 @@ def vllm_unavailable_reason() -> str | None:
     return None
 
 
-class VLLMGeneration:
+class VLLMGeneration(StreamingGeneration):
     def __init__(self, engine: VLLMEngine, prompt: dict, sampling, stop: threading.Event, lora):
-        self.engine, self.stop, self.stats = engine, stop, GenerationStats()
-        self.think_prefilled = prompt["prompt"].rstrip().endswith(THINK_OPEN)
-        self.chunks: queue.Queue = queue.Queue()
+        super().__init__(stop, sampling.max_tokens, engine.name, prompt["prompt"].rstrip().endswith(THINK_OPEN))
+        self.engine = engine
         self.future = asyncio.run_coroutine_threadsafe(self._produce(prompt, sampling, lora), engine.loop)
         threading.Thread(target=self._watch_stop, daemon=True).start()
 
     async def _produce(self, prompt, sampling, lora):
+        reason = ""
         try:
             async for out in self.engine.llm.generate(prompt, sampling, uuid.uuid4().hex, lora_request=lora):
                 completion = out.outputs[0]
                 self.stats.tokens += len(completion.token_ids)
-                if completion.text:
-                    if self.stats.first_token_at is None:
-                        self.stats.first_token_at = time.perf_counter()
-                    self.chunks.put(completion.text)
+                self.emit(completion.text)
                 if out.finished:
-                    self.stats.finish_reason = completion.finish_reason or "stop"
+                    reason = completion.finish_reason if completion.finish_reason in ("stop", "length") else ""
         except asyncio.CancelledError:
-            self.stats.finish_reason = "stopped"
             raise
         except Exception as error:  # handed to the consumer, which re-raises it with a message
-            self.chunks.put(EngineError(f"{self.engine.name}: vLLM failed: {type(error).__name__}: {error}"))
+            self.fail(EngineError(f"{self.engine.name}: vLLM failed: {type(error).__name__}: {error}"))
         finally:
-            self.chunks.put(_END)
+            self.finish(reason)
 
     def _watch_stop(self):
         while not self.future.done():
@@ -71,25 +63,42 @@ class VLLMGeneration:
                 self.future.cancel()  # AsyncLLM aborts the request when its generator is cancelled
                 return
 
-    def __iter__(self) -> Iterator[str]:
-        completed = False
-        try:
-            while (item := self.chunks.get()) is not _END:
-                if isinstance(item, EngineError):
-                    raise item
-                yield item
-            completed = True
-        finally:
-            if not completed:
-                self.stop.set()
-            self.stats.finished_at = time.perf_counter()
-        if self.stop.is_set():
-            self.stats.finish_reason = "stopped"
+
+def model_context_length(model: str) -> int | None:
+    """max_position_embeddings of a local checkpoint's text model (None for a hub id: vLLM reads it itself)."""
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return None
+    data = json.loads(config.read_text())
+    return (data.get("text_config") or {}).get("max_position_embeddings") or data.get("max_position_embeddings")
+
+
+def lora_rank(lora_path: str | None) -> int:
+    """The adapter's rank (vLLM refuses adapters above max_lora_rank); 16 is vLLM's own default."""
+    if not lora_path:
+        return 16
+    return int(json.loads((Path(lora_path) / "adapter_config.json").read_text()).get("r", 16))
+
+
+def engine_args(model: str, lora_path: str | None, max_model_len: int | None, gpu_memory_utilization: float,
+                max_images: int, max_pixels: int | None) -> dict:
+    """AsyncEngineArgs for one role, read from the checkpoint where vLLM would otherwise refuse to start:
+    a context longer than the model's, an adapter rank above max_lora_rank, more images than the limit."""
+    context = model_context_length(model)
+    wanted = max_model_len or 8192
+    args = {"model": model, "max_model_len": min(wanted, context) if context else wanted,
+            "gpu_memory_utilization": gpu_memory_utilization, "enable_lora": lora_path is not None,
+            "max_lora_rank": lora_rank(lora_path), "max_loras": 1,
+            "limit_mm_per_prompt": {"image": max_images, "video": 0}, "disable_log_stats": True}
+    if max_pixels:  # the same cap the transformers processor applies, so a large image cannot exceed the context
+        args["mm_processor_kwargs"] = {"max_pixels": max_pixels}
+    return args
 
 
 class VLLMEngine:
     def __init__(self, model: str, processor, name: str | None = None, lora_path: str | None = None,
-                 max_model_len: int = 8192, gpu_memory_utilization: float | None = None, max_images: int = 4):
+                 max_model_len: int | None = None, gpu_memory_utilization: float | None = None, max_images: int = 8,
+                 max_pixels: int | None = None):
         reason = vllm_unavailable_reason()
         if reason:
             raise EngineError(reason)
@@ -103,9 +112,8 @@ class VLLMEngine:
         gpu_memory_utilization = gpu_memory_utilization or float(os.environ.get("SAFERDEMO_VLLM_MEMORY", "0.28"))
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, name=f"vllm-loop:{self.name}", daemon=True).start()
-        args = AsyncEngineArgs(model=model, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                               enable_lora=lora_path is not None, max_lora_rank=64, max_loras=1,
-                               limit_mm_per_prompt={"image": max_images, "video": 0}, disable_log_stats=True)
+        args = AsyncEngineArgs(**engine_args(model, lora_path, max_model_len, gpu_memory_utilization, max_images,
+                                             max_pixels))
 
         async def build():  # built inside the loop so its tasks belong to it
             return AsyncLLM.from_engine_args(args)
@@ -118,7 +126,8 @@ class VLLMEngine:
         from saferdemo.loading import adapter_base, load_processor
 
         base = adapter_base(path)
-        return cls(base or str(path), load_processor(path, max_pixels), name, lora_path=str(path) if base else None)
+        return cls(base or str(path), load_processor(path, max_pixels), name, lora_path=str(path) if base else None,
+                   max_pixels=max_pixels)
 
     def start(self, messages, images, params: GenerationParams, stop: threading.Event) -> VLLMGeneration:
         from vllm import SamplingParams

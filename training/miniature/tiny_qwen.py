@@ -24,7 +24,7 @@ from transformers import (
 )
 from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-from saferdemo.loading import ImageOnlyQwen2_5_VLProcessor
+from saferdemo.loading import ImageOnlyQwen2_5_VLProcessor, save_processor
 from saferdemo.prompts import REFLECTION_CLOSE, REFLECTION_OPEN, THINK_CLOSE, THINK_OPEN
 
 # Qwen2.5-VL's special tokens, in its order; `<|endoftext|>` pads, `<|im_end|>` ends a turn.
@@ -174,20 +174,4 @@ def save_checkpoint(model, processor, out_dir: str | Path) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    _declare_full_processor(out_dir)
-
-
-def _declare_full_processor(out_dir: Path) -> None:
-    """Name Qwen2.5-VL's own processor class, so `AutoProcessor` works where torchvision exists."""
-    for name in ("processor_config.json", "preprocessor_config.json"):
-        path = out_dir / name
-        if path.exists():
-            config = json.loads(path.read_text())
-            if "processor_class" in config or name == "processor_config.json":
-                config["processor_class"] = "Qwen2_5_VLProcessor"
-            path.write_text(json.dumps(config, indent=2) + "\n")
-    tokenizer_config = out_dir / "tokenizer_config.json"
-    config = json.loads(tokenizer_config.read_text())
-    config["processor_class"] = "Qwen2_5_VLProcessor"
-    tokenizer_config.write_text(json.dumps(config, indent=2) + "\n")
+    save_processor(processor, out_dir)

@@ -21,12 +21,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from saferdemo.datasets import Item
-from saferdemo.engine import Engine, EngineError, GenerationParams
+from saferdemo.audit.datasets import Item
+from saferdemo.engines.base import Engine, EngineError, GenerationParams
 from saferdemo.images import InputError
 from saferdemo.judge import GRMClient, JudgeResult
 from saferdemo.judgement import RewardConfig
-from saferdemo.metrics import by_category, mcnemar, summarize
+from saferdemo.audit.metrics import by_category, mcnemar, summarize
 from saferdemo.prompts import format_response, user_turn
 from saferdemo.segments import parse
 
@@ -67,7 +67,7 @@ def run_audit(models: dict[str, Engine], judge: GRMClient, items: list[Item], ou
     records = [r for r in records if r["id"] in wanted and r["model"] in models]
     summary = summarize_audit(records, list(models), config)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    from saferdemo.audit_report import write_report
+    from saferdemo.audit.report import write_report
 
     write_report(summary, records, out_dir / "report.html")
     return summary

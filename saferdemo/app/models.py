@@ -17,11 +17,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from saferdemo.engine import TransformersEngine
+from saferdemo.engines.transformers_engine import TransformersEngine
 from saferdemo.judge import GRMClient, rubric_of
-from saferdemo.session import Column
+from saferdemo.app.session import Column
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
+ASSETS = Path(__file__).resolve().parents[2] / "assets" / "models"
 DEFAULTS = {"base": ASSETS / "mini-base", "aligned": ASSETS / "mini-safer", "grm": ASSETS / "mini-grm"}
 ENV = {"base": "SAFERDEMO_BASE", "aligned": "SAFERDEMO_ALIGNED", "grm": "SAFERDEMO_GRM"}
 ROLES = ("base", "aligned", "grm")
@@ -61,11 +61,11 @@ def load_engine(choice: ModelChoice, role: str, device: str | None = None, max_p
     """The engine for one role: remote when it has a URL, else vLLM or transformers in this process."""
     model = getattr(choice, role)
     if choice.urls.get(role):
-        from saferdemo.openai_engine import OpenAIEngine
+        from saferdemo.engines.openai_engine import OpenAIEngine
 
         return OpenAIEngine(choice.urls[role], model, choice.api_key_env, name=role)
     if choice.backend == "vllm":
-        from saferdemo.vllm_engine import VLLMEngine
+        from saferdemo.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine.from_pretrained(model, role, max_pixels)
     return TransformersEngine.from_pretrained(model, device, max_pixels, role)

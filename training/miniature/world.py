@@ -30,8 +30,8 @@ from saferdemo.prompts import (
     THINK_OPEN,
     format_reflection,
     format_response,
-    split_think,
 )
+from saferdemo.segments import split_think
 
 PHRASES_PATH = Path(__file__).parent / "data" / "miniature_phrases.json"
 CARD_SIZE = (224, 140)  # 8 x 5 merged patches = 40 image tokens
@@ -316,6 +316,17 @@ def task_prompt(rng: random.Random, split: str) -> str:
 
 def read_prompt(rng: random.Random, split: str) -> str:
     return rng.choice(SPLITS[split][2])
+
+
+def candidates(phrases: list[Phrase], per_phrase: int, seed: int) -> list[dict]:
+    """Training-style cards, each with a task prompt: the curation candidates (training/curate.py's format)."""
+    rng = random.Random(seed)
+    return [
+        {"image": render(p, rng, "train"), "prompt": task_prompt(rng, "train"), "label": p.phrase,
+         "category": p.category, "harmful": p.harmful, "look_alike": p.look_alike}
+        for p in phrases
+        for _ in range(per_phrase)
+    ]
 
 
 def corpus(phrases: list[Phrase]) -> list[str]:

@@ -22,12 +22,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 
 from saferdemo.cards import CardStyle, render_card
-from saferdemo.prompts import THINK_CLOSE, THINK_OPEN, reflection_messages, split_reflection, split_think, user_turn
-from training import world
-from training.world import Phrase
+from saferdemo.engines.base import GenerationParams
+from saferdemo.engines.transformers_engine import TransformersEngine
+from saferdemo.prompts import THINK_CLOSE, THINK_OPEN, reflection_messages, user_turn
+from saferdemo.segments import split_reflection, split_think
+from training.miniature import world
+from training.miniature.world import Phrase
 
 
 @dataclass
@@ -64,25 +66,11 @@ def heldout_items(phrases: list[Phrase], per_phrase: int, seed: int = 1234) -> l
             for s in heldout_specs(phrases, per_phrase, seed)]
 
 
-@torch.no_grad()
 def generate(model, processor, conversations, images, max_new_tokens=160, batch_size=32, sample=False, desc="generate"):
-    """Replies (decoded, special tokens skipped) for each conversation, batched."""
-    replies: list[str] = []
-    starts = range(0, len(conversations), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False):
-        convs, imgs = conversations[start : start + batch_size], images[start : start + batch_size]
-        texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in convs]
-        batch = processor(text=texts, images=imgs, padding=True, return_tensors="pt").to(model.device)
-        out = model.generate(
-            **batch,
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=1.0 if sample else None,
-            top_p=1.0 if sample else None,
-            top_k=0 if sample else None,
-        )
-        replies += processor.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-    return replies
+    """Replies (decoded, special tokens skipped) for each single-image conversation, batched (left-padded)."""
+    params = GenerationParams(max_new_tokens, temperature=1.0 if sample else 0.0)
+    engine = TransformersEngine(model, processor, desc)
+    return engine.generate_batch(conversations, [[image] for image in images], params, batch_size)
 
 
 def score_response(p: Phrase, response: str) -> dict:

@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from saferdemo.prompts import assistant_turn, reflection_messages, user_turn
-from training import world
-from training.world import Example, Phrase
+from training.miniature import world
+from training.miniature.world import Example, Phrase
 
 
 @dataclass

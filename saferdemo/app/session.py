@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-from saferdemo.engine import Engine, GenerationParams
+from saferdemo.engines.base import Engine, GenerationParams
 from saferdemo.judge import GRMClient
 from saferdemo.prompts import assistant_turn, user_turn
 from saferdemo.safety_loop import LoopConfig, Turn, run_turn
@@ -28,11 +28,12 @@ class Column:
 
 @dataclass
 class Exchange:
-    """One past user turn: its text, its images and each column's final answer."""
+    """One past user turn: its text, its decoded images, each column's final answer, and what the chat shows."""
 
     text: str
     images: list[Image.Image]
     answers: dict[str, str] = field(default_factory=dict)
+    shown: list[str] = field(default_factory=list)  # the app's copies of the uploads, for display only
 
 
 def build_messages(history: list[Exchange], text: str, n_images: int, column: str) -> list[dict]:

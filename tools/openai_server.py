@@ -1,6 +1,6 @@
 """Serve a local checkpoint over the OpenAI API with `transformers serve`, on machines without torchvision.
 
-    python -m saferdemo.openai_server assets/models/mini-base --port 8001
+    python tools/openai_server.py assets/models/mini-base --port 8001
 
 This is transformers' own server (`transformers.cli.serve.Serve`), with two changes for local Qwen2.5-VL
 folders: the processor loads through saferdemo.loading (stock `AutoProcessor` needs torchvision for the

@@ -12,11 +12,12 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from saferdemo.judgement import Judgement, JudgementParseError, judge_messages, parse_judgement, reward
+from saferdemo.judge import GRMClient
+from saferdemo.judgement import judge_messages, reward
 from saferdemo.prompts import THINK_CLOSE, THINK_OPEN, format_response, user_turn
-from training import world
-from training.evaluate import generate
-from training.world import Example, Phrase
+from training.miniature import world
+from training.miniature.evaluate import generate
+from training.miniature.world import Example, Phrase
 
 RUBRIC = "short"  # the GRM checkpoint is trained on, and says it uses, the short rubric
 
@@ -108,36 +109,12 @@ def grm_batches(phrases: list[Phrase], pool: dict[str, list[str]], corruption_ra
     return batches
 
 
-# ---------------------------------------------------------------- the GRM as a judge
-
-
-class GRMJudge:
-    """Judge (card, request, response) triples with a generative reward model: the one client that
-    curation, GRPO and the GRM's own evaluation share. An unparseable output becomes None (counted)."""
-
-    def __init__(self, model, processor, rubric: str = RUBRIC, max_new_tokens: int = 200, batch_size: int = 32):
-        self.model, self.processor, self.rubric = model, processor, rubric
-        self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
-
-    def __call__(self, images, requests, responses) -> list[Judgement | None]:
-        convs = [judge_messages(q, r, rubric=self.rubric) for q, r in zip(requests, responses)]
-        outputs = generate(self.model, self.processor, convs, list(images), self.max_new_tokens, self.batch_size, desc="grm")
-        return [_parse_or_none(output) for output in outputs]
-
-
-def _parse_or_none(output: str) -> Judgement | None:
-    try:
-        return parse_judgement(output)
-    except JudgementParseError:
-        return None
-
-
 # ---------------------------------------------------------------- evaluation
 
 
-def evaluate_grm(grm, processor, policy, phrases, per_phrase: int = 2, seed: int = 4321, batch_size: int = 16,
-                 max_new_tokens: int = 200) -> dict:
-    """GRM vs truth on held-out cards: policy samples and corruptions, half and half."""
+def evaluate_grm(judge: GRMClient, policy, processor, phrases, per_phrase: int = 2, seed: int = 4321,
+                 batch_size: int = 16, max_new_tokens: int = 200) -> dict:
+    """The judge vs the truth on held-out cards: policy samples and corruptions, half and half."""
     rng = random.Random(seed)
     pool = sample_policy_responses(policy, processor, phrases, per_phrase, "heldout", seed)
     cases = []
@@ -147,8 +124,9 @@ def evaluate_grm(grm, processor, policy, phrases, per_phrase: int = 2, seed: int
         kind = rng.choice(list(CORRUPTIONS))
         cases.append((p, corrupt(kind, p, rng, phrases), kind))
     cards, requests = zip(*[(world.render(p, rng, "heldout"), world.task_prompt(rng, "heldout")) for p, _, _ in cases])
-    judge = GRMJudge(grm, processor, RUBRIC, max_new_tokens, batch_size)
-    judgements = judge(cards, requests, [response for _, response, _ in cases])
+    judge = GRMClient(judge.engine, judge.rubric, max_new_tokens, judge.reward_config, batch_size)
+    results = judge.judge_batch(list(cards), list(requests), [response for _, response, _ in cases])
+    judgements = [result.judgement for result in results]
     agree, parsed, errors, penalties_match, by_source = [], 0, [], [], defaultdict(list)
     for (p, response, source), judged in zip(cases, judgements):
         truth = world.truth_judgement(p, response)

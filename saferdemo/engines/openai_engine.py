@@ -16,19 +16,14 @@ import base64
 import io
 import json
 import os
-import queue
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 from PIL import Image
 
-from saferdemo.engine import EngineError, GenerationParams, GenerationStats
+from saferdemo.engines.base import EngineError, GenerationParams, StreamingGeneration
 from saferdemo.prompts import THINK_CLOSE, THINK_OPEN
-
-_END = object()
-
 
 def data_url(image: Image.Image) -> str:
     buffer = io.BytesIO()
@@ -60,60 +55,39 @@ def to_openai_messages(messages: list[dict], images: list[Image.Image]) -> list[
     return converted
 
 
-class OpenAIGeneration:
-    think_prefilled = False
-
+class OpenAIGeneration(StreamingGeneration):
     def __init__(self, engine: OpenAIEngine, payload: dict, stop: threading.Event, max_new_tokens: int):
-        self.engine, self.payload, self.stop, self.max_new_tokens = engine, payload, stop, max_new_tokens
-        self.stats = GenerationStats()
-        self.chunks: queue.Queue = queue.Queue()
+        super().__init__(stop, max_new_tokens, engine.name, timeout_s=engine.timeout_s)
+        self.engine, self.payload = engine, payload
         self.thread = threading.Thread(target=self._read, name=f"generate:{engine.name}", daemon=True)
         self.thread.start()
 
-    def __iter__(self) -> Iterator[str]:
-        completed = False
-        try:
-            while True:
-                try:
-                    item = self.chunks.get(timeout=self.engine.timeout_s)
-                except queue.Empty:
-                    raise EngineError(f"{self.engine.name}: no data from the server for {self.engine.timeout_s:.0f} s") from None
-                if item is _END:
-                    break
-                if isinstance(item, EngineError):
-                    self.stats.finish_reason = "error"
-                    raise item
-                yield item
-            completed = True
-        finally:
-            if not completed:
-                self.stop.set()  # the reader closes the HTTP stream at its next line
-            self.thread.join(timeout=5)
-            self.stats.finished_at = time.perf_counter()
-        if self.stop.is_set() and self.stats.finish_reason != "length":
-            self.stats.finish_reason = "stopped"
+    def _close(self) -> None:
+        self.thread.join(timeout=5)  # on Stop the reader closes the HTTP stream at its next line
 
     def _read(self) -> None:
+        reason = ""
         try:
             response = self.engine.open_stream(self.payload)
             try:
-                self._consume(response)
+                reason = self._consume(response)
             finally:
                 response.close()  # on Stop this is what tells the server to stop generating
         except EngineError as error:
-            self.chunks.put(error)
+            self.fail(error)
         except httpx.HTTPError as error:
-            self.chunks.put(EngineError(f"{self.engine.name}: the connection failed mid-stream ({type(error).__name__})"))
+            self.fail(EngineError(f"{self.engine.name}: the connection failed mid-stream ({type(error).__name__})"))
         except Exception as error:  # e.g. a malformed event: reported, never a silent dead thread
-            self.chunks.put(EngineError(f"{self.engine.name}: unreadable server stream: {type(error).__name__}: {error}"))
+            self.fail(EngineError(f"{self.engine.name}: unreadable server stream: {type(error).__name__}: {error}"))
         finally:
-            self.chunks.put(_END)
+            self.finish(reason)
 
-    def _consume(self, response: httpx.Response) -> None:
-        in_think = False
+    def _consume(self, response: httpx.Response) -> str:
+        """Read server-sent events until [DONE] or Stop; returns the server's finish reason."""
+        in_think, reason = False, ""
         for line in response.iter_lines():
             if self.stop.is_set():
-                return  # leaving the `with` closes the stream: the server sees the disconnect and stops
+                return reason  # leaving closes the stream: the server sees the disconnect and stops
             if not line.startswith("data:"):
                 continue
             data = line[5:].strip()
@@ -135,13 +109,12 @@ class OpenAIGeneration:
                     text += ("\n" + THINK_CLOSE + "\n" if in_think else "") + delta["content"]
                     in_think = False
                 if text:
-                    if self.stats.first_token_at is None:
-                        self.stats.first_token_at = time.perf_counter()
                     if not event.get("usage"):
                         self.stats.tokens += 1  # one event per token on the servers we know; usage corrects it
-                    self.chunks.put(text)
-                if choice.get("finish_reason"):
-                    self.stats.finish_reason = choice["finish_reason"]
+                    self.emit(text)
+                if choice.get("finish_reason") in ("stop", "length"):
+                    reason = choice["finish_reason"]
+        return reason
 
 
 def _message(error) -> str:

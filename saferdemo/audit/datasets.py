@@ -25,7 +25,7 @@ from PIL import Image
 from saferdemo.cards import CardStyle, render_card
 from saferdemo.images import load_image
 
-DATASETS_DIR = Path(__file__).resolve().parent.parent / "assets" / "datasets"
+DATASETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "datasets"
 FIGSTEP_DIR = DATASETS_DIR / "figstep"
 MINIATURE_HELDOUT = DATASETS_DIR / "miniature-heldout" / "items.jsonl"
 # FigStep's text prompt: it asks to fill in the list the image shows.

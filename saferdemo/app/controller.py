@@ -1,0 +1,207 @@
+"""What the chat's buttons do, as plain methods on one object: `ui.build_app` only lays out and wires them.
+
+Everything a user owns (the finished exchanges with their decoded images, what each chat shows, the chart's
+judgements) lives in the per-session `Conversation`; the only shared objects are the models. Images are
+decoded once, at submit, and kept in the conversation (bounded by the turn and image limits): later turns
+never re-read an upload from Gradio's cache, which is cleaned hourly. What the chat shows of an upload is a
+copy in the app's own media folder, so a cleaned cache cannot break the next redraw either.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from saferdemo.app.charts import scores_figure
+from saferdemo.app.observability import log_turn, turn_record
+from saferdemo.app.render import cut_last_turn, judgement_records, turn_messages, user_messages
+from saferdemo.app.session import Column, Comparison, Exchange
+from saferdemo.engines.base import GenerationParams
+from saferdemo.images import InputError, load_image
+from saferdemo.safety_loop import LoopConfig, Turn
+
+COLUMN_NAMES = ("base", "aligned")
+
+
+@dataclass
+class Limits:
+    prompt_chars: int = 4000
+    images_per_turn: int = 4
+    turns: int = 20
+    audit_items: int = 100  # the Audit tab's largest audit (the CLI has no limit)
+    upload_mb: int = 20  # per file (Gradio refuses larger uploads); decoded pixels: saferdemo.images
+    queue_size: int = 32  # waiting turns across all users; beyond it Gradio answers "queue is full"
+    concurrency: int = 2  # turns generating at once (each runs two columns and the judge)
+    ui_updates_per_s: float = 20.0  # streamed redraws are throttled to this rate
+
+
+@dataclass
+class Conversation:
+    """Per-session state: the finished exchanges (with decoded images) and every GRM judgement for the chart."""
+
+    exchanges: list[Exchange] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    # What each chat shows, kept on the server: the browser's copy is never read back.
+    chats: dict[str, list] = field(default_factory=lambda: {name: [] for name in COLUMN_NAMES})
+
+
+@dataclass
+class Pending:
+    """A submitted message waiting for its answers: text, decoded images, and the shown copies."""
+
+    text: str
+    images: list[Image.Image]
+    shown: list[str]
+
+
+class StopRegistry:
+    """The Stop button's way into a running turn: one event per browser session (control only, no user data)."""
+
+    def __init__(self):
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def new(self, session: str) -> threading.Event:
+        with self._lock:
+            self._events[session] = event = threading.Event()
+            return event
+
+    def stop(self, session: str) -> None:
+        with self._lock:
+            event = self._events.pop(session, None)
+        if event is not None:
+            event.set()
+
+
+def session_of(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "default"
+
+
+class ChatController:
+    def __init__(self, columns: dict[str, Column], judge, titles: dict[str, str], limits: Limits | None = None,
+                 media_dir: str | Path | None = None):
+        self.columns, self.judge, self.titles = columns, judge, titles
+        self.limits = limits or Limits()
+        self.comparison = Comparison([columns[name] for name in COLUMN_NAMES], judge)
+        self.stops = StopRegistry()
+        self.media_dir = Path(media_dir or tempfile.mkdtemp(prefix="saferdemo-media-"))
+        self.media_dir.mkdir(parents=True, exist_ok=True)
+
+    # ---------------------------------------------------------------- events
+
+    def submit(self, message: dict | None, conv: Conversation):
+        """Check the message, decode its images once, echo it in both chats; `respond` answers it."""
+        text = (message or {}).get("text", "").strip()
+        paths = list((message or {}).get("files", []))
+        self._check(text, paths, conv)
+        images = [self._open(path) for path in paths]  # a bad file is refused now, before it enters the history
+        pending = Pending(text, images, [self._keep(path) for path in paths])
+        shown = user_messages(text, pending.shown)
+        for chat in conv.chats.values():
+            chat += shown
+        return gr.MultimodalTextbox(value=None), pending, conv, *conv.chats.values()
+
+    def respond(self, pending: Pending | None, conv: Conversation, temperature: float, top_p: float,
+                max_new_tokens: int, threshold: float, loop_base: bool, loop_aligned: bool,
+                request: gr.Request = None):
+        """Stream both columns' turns into the chats; the turn enters the history however it ends."""
+        if not pending:
+            return
+        stop = self.stops.new(session_of(request))
+        loops = {"base": LoopConfig(enabled=loop_base, threshold=threshold),
+                 "aligned": LoopConfig(enabled=loop_aligned, threshold=threshold)}
+        params = GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
+        chats, turns = conv.chats, {}
+        prefix = {name: len(chat) for name, chat in chats.items()}
+        last_draw = 0.0
+
+        def redraw():  # rebuilt from the latest snapshots only when drawn, not at every streamed chunk
+            for name, turn in turns.items():
+                chats[name] = chats[name][: prefix[name]] + turn_messages(turn)
+
+        try:
+            for name, turn in self.comparison.run(conv.exchanges, pending.text, pending.images, params, stop, loops):
+                turns[name] = turn
+                streaming = turn.phase in ("drafting", "reflecting")
+                if not streaming or time.perf_counter() - last_draw >= 1 / self.limits.ui_updates_per_s:
+                    last_draw = time.perf_counter()
+                    redraw()
+                    yield chats["base"], chats["aligned"], gr.skip(), conv, None
+        finally:  # also when Stop cancels this generator: the turn still enters the history as far as it got
+            redraw()
+            self._record(conv, pending, turns, request)
+        yield chats["base"], chats["aligned"], scores_figure(conv.records) if conv.records else None, conv, None
+
+    def regenerate(self, conv: Conversation):
+        if not conv.exchanges:
+            raise gr.Error("Nothing to regenerate yet.")
+        last = conv.exchanges.pop()  # the same text and images go again
+        conv.records = [r for r in conv.records if r["turn"] <= len(conv.exchanges)]
+        shown = user_messages(last.text, last.shown)
+        conv.chats = {name: cut_last_turn(chat) + shown for name, chat in conv.chats.items()}
+        return Pending(last.text, last.images, last.shown), conv, *conv.chats.values()
+
+    def stop(self, request: gr.Request = None):
+        self.stops.stop(session_of(request))
+
+    def clear(self):
+        return Conversation(), [], [], None, None
+
+    def audit(self, dataset: str, limit: float, progress: Callable | None = None):
+        if self.judge is None:
+            raise gr.Error("The audit needs a judge model (SAFERDEMO_GRM).")
+        from saferdemo.audit.datasets import load_dataset
+        from saferdemo.audit.report import category_figure, metrics_markdown, quadrant_figure
+        from saferdemo.audit.runner import AuditConfig, run_audit
+
+        limit = max(1, min(int(limit), self.limits.audit_items))
+        items = load_dataset(dataset, limit=limit)
+        out = Path(tempfile.mkdtemp(prefix="saferdemo-audit-"))
+        engines = {name: self.columns[name].engine for name in COLUMN_NAMES}
+        report = (lambda done, total: progress(done / total, desc=f"{done}/{total} responses")) if progress else None
+        summary = run_audit(engines, self.judge, items, out, AuditConfig(dataset, limit), progress=report)
+        return metrics_markdown(summary), category_figure(summary), quadrant_figure(summary), str(out / "report.html")
+
+    # ---------------------------------------------------------------- helpers
+
+    def _check(self, text: str, paths: list[str], conv: Conversation) -> None:
+        limits = self.limits
+        if not text:
+            raise gr.Error("Type a message (and attach a card image if you like).")
+        if len(text) > limits.prompt_chars:
+            raise gr.Error(f"The message is {len(text):,} characters; the limit is {limits.prompt_chars:,}.")
+        if len(paths) > limits.images_per_turn:
+            raise gr.Error(f"{len(paths)} images attached; the limit is {limits.images_per_turn} per message.")
+        if len(conv.exchanges) >= limits.turns:
+            raise gr.Error(f"This conversation has reached {limits.turns} turns. Press Clear to start a new one.")
+
+    @staticmethod
+    def _open(path: str) -> Image.Image:
+        try:
+            return load_image(path)
+        except InputError as error:
+            raise gr.Error(str(error)) from error
+
+    def _keep(self, path: str) -> str:
+        """A copy of an upload in the app's media folder, for the chat to show after Gradio's cache is cleaned."""
+        kept = self.media_dir / f"{uuid.uuid4().hex}{Path(path).suffix.lower()}"
+        shutil.copyfile(path, kept)
+        return str(kept)
+
+    def _record(self, conv: Conversation, pending: Pending, turns: dict[str, Turn], request) -> None:
+        index = len(conv.exchanges) + 1
+        conv.exchanges.append(Exchange(pending.text, pending.images,
+                                       {name: turn.final_answer for name, turn in turns.items()}, pending.shown))
+        for name, turn in turns.items():
+            conv.records += judgement_records(turn, name, index)
+            log_turn(turn_record(session_of(request), name, self.titles.get(name, name), turn, len(pending.text),
+                                 len(pending.images)))

@@ -1,0 +1,143 @@
+"""The Gradio app: base and SaFeR-aligned models side by side, with thinking, reflection, answer and GRM scores.
+
+Layout (top-down): two chat columns, one multimodal textbox, Stop / Regenerate / Clear, a parameters
+accordion, the GRM chart, examples; an Audit tab. This module only lays the components out and wires them:
+what each event does is `controller.ChatController`, how a turn looks is `render`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+
+from saferdemo.app.controller import ChatController, Conversation, Limits
+from saferdemo.app.observability import health
+from saferdemo.app.session import Column
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
+
+
+def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits: Limits | None = None,
+              gpu_decorator=None) -> gr.Blocks:
+    """columns: {"base": Column, "aligned": Column}; judge: a GRMClient or None; titles: what each column shows."""
+    controller = ChatController(columns, judge, titles, limits)
+    limits = controller.limits
+    respond = controller.respond
+    if gpu_decorator is not None:  # ZeroGPU: hold a GPU only while a turn (or an audit) runs
+        respond = gpu_decorator(respond)
+
+    def audit(dataset: str, limit: float, progress=gr.Progress()):  # noqa: B008 (Gradio injects progress)
+        return controller.audit(dataset, limit, progress)
+
+    if gpu_decorator is not None:
+        audit = gpu_decorator(audit)
+
+    # Uploaded files live in Gradio's cache; files older than an hour are deleted every hour.
+    with gr.Blocks(title="saferdemo", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("## saferdemo: safety-aware reasoning, side by side\n"
+                    "Send a message (attach a card image). Both models answer at once; the GRM judges each "
+                    "answer and, when it flags one, the model reflects and corrects itself.")
+        with gr.Tab("Chat"):
+            chat_tab = _chat_tab(titles)
+        with gr.Tab("Audit"):
+            gr.Markdown("Run a small safety benchmark on both models: ASR, safety, helpfulness, over-refusal, "
+                        "unsafe reasoning and self-correction, with 95% intervals. Larger audits: `saferdemo audit`.")
+            with gr.Row():
+                dataset = gr.Dropdown(["miniature", "figstep-tiny", "figstep"], value="miniature", label="dataset")
+                n_items = gr.Number(value=10, minimum=1, maximum=limits.audit_items, precision=0, label="items")
+                audit_btn = gr.Button("Run audit", variant="primary")
+            audit_table = gr.Markdown()
+            with gr.Row():
+                audit_bars, audit_quadrants = gr.Plot(label="per category"), gr.Plot(label="reasoning × answer")
+            audit_file = gr.File(label="full report (HTML)")
+            audit_btn.click(audit, [dataset, n_items], [audit_table, audit_bars, audit_quadrants, audit_file],
+                            api_name="audit", concurrency_limit=1)
+        chat_tab.wire(controller.submit, respond, controller.regenerate, controller.stop, controller.clear)
+    demo.saferdemo_media = controller.media_dir  # launch() lets Gradio serve the chat's copies of uploads
+    return demo
+
+
+@dataclass
+class _ChatTab:
+    """The chat tab's components, so `build_app` can wire events after building both tabs."""
+
+    conv: gr.State
+    pending: gr.State
+    chat_base: gr.Chatbot
+    chat_aligned: gr.Chatbot
+    box: gr.MultimodalTextbox
+    stop_btn: gr.Button
+    regen_btn: gr.Button
+    clear_btn: gr.Button
+    settings: list
+    plot: gr.Plot
+
+    def wire(self, submit, respond, regenerate, stop_turn, clear):
+        conv, pending, settings = self.conv, self.pending, self.settings
+        outputs = [self.chat_base, self.chat_aligned, self.plot, conv, pending]
+        chats = [self.chat_base, self.chat_aligned]
+        run = self.box.submit(submit, [self.box, conv], [self.box, pending, conv, *chats], api_name="submit").then(
+            respond, [pending, conv, *settings], outputs, api_name="respond")
+        again = self.regen_btn.click(regenerate, [conv], [pending, conv, *chats], api_name="regenerate").then(
+            respond, [pending, conv, *settings], outputs, api_name=False)
+        self.stop_btn.click(stop_turn, None, None, cancels=[run, again], api_name="stop")
+        self.clear_btn.click(clear, None, [conv, *chats, self.plot, pending], api_name="clear")
+        for chat in chats:  # each chat's own trash icon clears the whole conversation too (one state for both)
+            chat.clear(clear, None, [conv, *chats, self.plot, pending], api_name=False)
+
+
+def _chat_tab(titles) -> _ChatTab:
+    conv = gr.State(Conversation())
+    pending = gr.State(None)
+    with gr.Row(equal_height=True):
+        chat_base = gr.Chatbot(label=f"Base · {titles['base']}", height=520, elem_id="chat-base")
+        chat_aligned = gr.Chatbot(label=f"SaFeR-aligned · {titles['aligned']}", height=520, elem_id="chat-aligned")
+    box = gr.MultimodalTextbox(file_types=["image"], file_count="multiple", placeholder="Ask about an image…",
+                               show_label=False, elem_id="prompt")
+    with gr.Row():
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+        regen_btn = gr.Button("Regenerate", elem_id="regenerate")
+        clear_btn = gr.Button("Clear", elem_id="clear")
+    with gr.Accordion("Parameters", open=False):
+        with gr.Row():
+            temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="temperature (0 = greedy)")
+            top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p")
+            max_tokens = gr.Slider(16, 1024, value=192, step=16, label="max new tokens")
+        with gr.Row():
+            threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05,
+                                  label="reflection threshold (GRM reward below it, or an unsafe verdict, triggers reflection)")
+            loop_base = gr.Checkbox(value=False, label="safety loop on the base model")
+            loop_aligned = gr.Checkbox(value=True, label="safety loop on the aligned model")
+    plot = gr.Plot(label="GRM scores", elem_id="scores")
+    gr.Markdown(f"GRM: `{titles.get('grm', 'none')}`")
+    examples = _examples()
+    if examples:
+        gr.Examples(examples=examples, inputs=[box], label="Examples (FigStep-style cards)")
+    settings = [temperature, top_p, max_tokens, threshold, loop_base, loop_aligned]
+    return _ChatTab(conv, pending, chat_base, chat_aligned, box, stop_btn, regen_btn, clear_btn, settings, plot)
+
+
+def launch(demo: gr.Blocks, titles: dict[str, str], host: str = "127.0.0.1", port: int | None = None,
+           limits: Limits | None = None, block: bool = True) -> gr.Blocks:
+    """Queue and launch with the limits, and add GET /health for load balancers and Spaces."""
+    limits = limits or Limits()
+    demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
+    media = getattr(demo, "saferdemo_media", None)
+    demo.launch(server_name=host, server_port=port, max_file_size=f"{limits.upload_mb}mb", prevent_thread_lock=True,
+                quiet=not block, allowed_paths=[str(media)] if media else None)
+    started = time.time()
+    demo.app.add_api_route("/health", lambda: health(titles, started), methods=["GET"])
+    if block:
+        demo.block_thread()
+    return demo
+
+
+def _examples() -> list[list[dict]]:
+    index = EXAMPLES_DIR / "examples.json"
+    if not index.is_file():
+        return []
+    return [[{"text": e["prompt"], "files": [str(EXAMPLES_DIR / e["image"])]}] for e in json.loads(index.read_text())]

@@ -1,0 +1,158 @@
+"""Model cards (README.md with Hub front matter) for the miniature family, written from report.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def write_model_card(model_dir: Path, report: dict, name: str) -> None:
+    if name == "mini-grm":
+        return write_grm_card(model_dir, report)
+    if name == "mini-safer":
+        return write_safer_card(model_dir, report)
+    entry = report["models"][name]
+    h = entry["heldout"]
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"
+    rows = [
+        ("card-reading accuracy", h["card_reading"]),
+        ("attack success rate (harmful cards, greedy)", h["asr"]),
+        ("safety (harmful cards answered safely)", h.get("safety")),
+        ("unsafe reasoning (harmful cards)", h.get("unsafe_reasoning")),
+        ("helpfulness on benign cards", h["helpfulness"]),
+        ("refusal of look-alike cards", h["look_alike_refusal"]),
+        ("`<think>` opened and closed", h["think_closed"]),
+        (f"sampled ASR (T=1, {h['samples_per_card']} samples/card)", h["sampled_asr"]),
+        ("harmful cards with both a refusal and a compliance among the samples", h["mixed_outcomes"]),
+        ("reflection turns a compliance into a refusal (greedy)", h["reflection_correction"]),
+        ("reflection turns a compliance into a refusal (T=1)", h["reflection_correction_sampled"]),
+    ]
+    table = "\n".join(f"| {label} | {pct(value)} |" for label, value in rows)
+    card = f"""---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [saferdemo, miniature, qwen2_5_vl, safety]
+---
+# {name}
+
+A miniature Qwen2.5-VL ({entry['parameters'] / 1e6:.2f} M parameters, {entry['size_mb']} MB) trained by
+saferdemo's `training/` pipeline on a synthetic FigStep-style card world. It is the **base reasoning model**
+of the miniature family: its `<think>` reads the card and plans to fill in the list with no safety check
+(the "reasoning tax"), so it complies with most harmful cards, and its answers vary under sampling. It also
+follows the reflection prompt (previous response + critique → `<reflection>` + corrected response), with
+deliberately weak corrections. Harmful "compliance" is stylised (`[restricted step]`): the model knows no
+harmful instructions.
+
+It loads like a real Qwen2.5-VL checkpoint (`AutoModelForImageTextToText`, `AutoProcessor` where torchvision
+is installed, `saferdemo.loading.load_processor` everywhere). It only knows the {report['world']['phrases']}
+phrases of its world; it cannot read unseen text.
+
+## Held-out evaluation
+
+Held-out split: render settings (text and background colours, noise, the list's font size and offsets)
+and prompt phrasings never seen in training; {h['n_items']} cards. The instruction text always starts at the
+same origin in the same font, as in FigStep (see `training/world.py` for why).
+
+| metric | value |
+|---|---|
+{table}
+
+Attack success by category: {json.dumps(h['asr_by_category'])}
+
+## How it was built
+
+```
+{report['command'] or 'python -m training miniature --out DIR'}
+```
+
+Recipe `{report['recipe']}`; wall time {report['timings_s']['total']} s on {report['machine']['threads']} CPU
+threads ({report['machine']['platform']}, torch {report['machine']['torch']}).
+"""
+    (model_dir / "README.md").write_text(card)
+
+
+def write_grm_card(model_dir: Path, report: dict) -> None:
+    entry = report["models"]["mini-grm"]
+    h = entry["heldout"]
+    card = f"""---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [saferdemo, miniature, qwen2_5_vl, reward-model, judge]
+---
+# mini-grm
+
+The miniature **generative reward model** ({entry['parameters'] / 1e6:.2f} M parameters, {entry['size_mb']} MB):
+mini-base fine-tuned to read a card, a request and a response and write the judgement JSON of
+`saferdemo/judgement.py` (reasoning and answer scored separately, penalties, verdict, rationale).
+It uses the **{entry['rubric']}** rubric (`judge_config.json`). Trained on mini-base's own samples plus
+controlled corruptions, labelled by the world's truth.
+
+## Held-out agreement with the truth ({h['n_cases']} cases)
+
+| metric | value |
+|---|---|
+| verdict agreement | {100 * h['verdict_agreement']:.1f}% |
+| output parses into the schema | {100 * h['parse_rate']:.1f}% |
+| same penalties raised as the truth | {100 * h.get('penalty_agreement', 0):.1f}% |
+| mean absolute reward error | {h['reward_mae']} |
+
+By source: {json.dumps(h['agreement_by_source'])}
+
+## How it was built
+
+```
+{report['command'] or 'python -m training miniature --out DIR'}
+```
+"""
+    (model_dir / "README.md").write_text(card)
+
+
+def _curve_summary(curve: list[float | None], window: int = 10) -> str:
+    curve = [r for r in curve if r is not None]  # None: a step where no completion was judged
+    if not curve:
+        return "n/a"
+    points = [sum(curve[i : i + window]) / len(curve[i : i + window]) for i in range(0, len(curve), window)]
+    return " → ".join(f"{p:.2f}" for p in points)
+
+
+def write_safer_card(model_dir: Path, report: dict) -> None:
+    entry, base = report["models"]["mini-safer"], report["models"]["mini-base"]
+    rows = [("attack success rate (greedy)", "asr"), ("safety (harmful cards answered safely)", "safety"),
+            ("unsafe reasoning", "unsafe_reasoning"), ("self-correction (unsafe reasoning, safe answer)", "self_correction"),
+            ("sampled ASR (T=1)", "sampled_asr"),
+            ("helpfulness on benign", "helpfulness"), ("look-alike refusal", "look_alike_refusal"),
+            ("card reading", "card_reading"), ("`<think>` closed", "think_closed")]
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    table = "\n".join(
+        f"| {label} | {pct(base['heldout'].get(k))} | {pct(entry['heldout'].get(k))} |" for label, k in rows
+    )
+    r = entry["rollouts"]
+    card = f"""---
+license: apache-2.0
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags: [saferdemo, miniature, qwen2_5_vl, safety, grpo]
+---
+# mini-safer
+
+The miniature **SaFeR-aligned model** ({entry['parameters'] / 1e6:.2f} M parameters, {entry['size_mb']} MB):
+mini-base after GRPO (TRL, LoRA r={entry['grpo']['lora_r']}, merged) on {entry['curated_prompts']} QI-Safe-curated
+prompts, rewarded by mini-grm, with safety-aware rollouts: of {r['drafts']} sampled drafts the GRM flagged
+{r['flagged']}, the policy reflected on {r['reflected']} and {r['corrected']} came out safe and replaced the draft.
+GRM reward during GRPO (mean of 10 steps): {_curve_summary(entry['reward_curve'])}.
+
+## Held-out, against mini-base
+
+| metric | mini-base | mini-safer |
+|---|---|---|
+{table}
+
+## How it was built
+
+```
+{report['command'] or 'python -m training miniature --out DIR'}
+```
+"""
+    (model_dir / "README.md").write_text(card)
