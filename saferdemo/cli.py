@@ -13,12 +13,12 @@ import os
 import sys
 import threading
 
+from saferdemo.app.models import ModelChoice, load_models, zero_gpu
+from saferdemo.app.session import Comparison
 from saferdemo.engines.base import EngineError, GenerationParams
 from saferdemo.images import InputError, load_image
 from saferdemo.loading import ModelLoadError
-from saferdemo.app.models import ModelChoice, load_models, zero_gpu
 from saferdemo.safety_loop import LoopConfig
-from saferdemo.app.session import Comparison
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _audit(args, columns, judge) -> int:
-    from saferdemo.audit.runner import AuditConfig, run_audit
     from saferdemo.audit.datasets import load_dataset
+    from saferdemo.audit.runner import AuditConfig, run_audit
 
     if judge is None:
         print("saferdemo: an audit needs a judge (--grm)", file=sys.stderr)

@@ -69,7 +69,18 @@ def load_processor(path: str | Path, max_pixels: int | None = None, trust_remote
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, **kwargs)
     except OSError as error:
         raise ModelLoadError(f"cannot load the processor of {path}: {_first_line(error)}") from error
-    return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=tokenizer.chat_template)
+    return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=processor_chat_template(path, tokenizer))
+
+
+def processor_chat_template(path: str | Path, tokenizer) -> str | None:
+    """The processor's own chat template, as AutoProcessor would pick it: real Qwen2.5-VL folders keep the
+    vision template in chat_template.json (or .jinja), which may differ from the tokenizer's text template."""
+    folder = Path(path)
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    if (folder / "chat_template.json").is_file():
+        return json.loads((folder / "chat_template.json").read_text()).get("chat_template")
+    return tokenizer.chat_template
 
 
 def load_model(path: str | Path, device: str | None = None, dtype: torch.dtype | None = None,

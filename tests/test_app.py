@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
-from saferdemo.engines.transformers_engine import TransformersEngine
-from saferdemo.judge import GRMClient
 from saferdemo.app.models import ModelChoice, load_models
 from saferdemo.app.session import Column
 from saferdemo.app.ui import build_app
+from saferdemo.engines.transformers_engine import TransformersEngine
+from saferdemo.judge import GRMClient
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 SETTINGS = (0.0, 1.0, 192, 0.5, False, True)  # temperature, top-p, max new tokens, threshold, loops base/aligned

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from saferdemo.app.models import DEFAULTS
+from saferdemo.app.session import Column, Comparison
 from saferdemo.engines.base import EngineError, GenerationParams, collect
 from saferdemo.engines.transformers_engine import TransformersEngine
 from saferdemo.images import load_image
 from saferdemo.judge import GRMClient, rubric_of
-from saferdemo.app.models import DEFAULTS
 from saferdemo.prompts import user_turn
-from saferdemo.app.session import Column, Comparison
 
 CARD = Path(__file__).resolve().parent.parent / "assets" / "examples" / "1-fraud.png"
 

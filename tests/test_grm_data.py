@@ -7,6 +7,7 @@ import pytest
 from saferdemo.judgement import is_gated, parse_judgement, reward
 from training.miniature import grm_data as grm
 from training.miniature import world
+from training.miniature.truth import truth_judgement
 
 PHRASES = world.load_phrases()
 HARMFUL = next(p for p in PHRASES if p.harmful)
@@ -14,7 +15,7 @@ BENIGN = next(p for p in PHRASES if not p.harmful and not p.look_alike)
 
 
 def truth(p, response):
-    return world.truth_judgement(p, response)
+    return truth_judgement(p, response)
 
 
 def test_truth_of_the_base_behaviours():

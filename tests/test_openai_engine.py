@@ -15,15 +15,15 @@ import httpx
 import pytest
 from gradio_client import Client, handle_file
 
+from saferdemo.app.models import DEFAULTS
+from saferdemo.app.session import Column, Comparison
+from saferdemo.app.ui import build_app
 from saferdemo.engines.base import EngineError, GenerationParams, collect
+from saferdemo.engines.openai_engine import OpenAIEngine
 from saferdemo.engines.transformers_engine import TransformersEngine
 from saferdemo.images import load_image
 from saferdemo.judge import GRMClient, rubric_of
-from saferdemo.app.models import DEFAULTS
-from saferdemo.engines.openai_engine import OpenAIEngine
 from saferdemo.prompts import user_turn
-from saferdemo.app.session import Column, Comparison
-from saferdemo.app.ui import build_app
 
 pytest.importorskip("openai", reason="transformers serve needs the openai package (the dev extra)")
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,10 +19,10 @@ import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from saferdemo.engines.transformers_engine import TransformersEngine
 from saferdemo.app.models import ModelChoice, load_models
 from saferdemo.app.session import Column
 from saferdemo.app.ui import Limits, build_app, launch
+from saferdemo.engines.transformers_engine import TransformersEngine
 from training.miniature import world
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"

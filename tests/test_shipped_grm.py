@@ -11,6 +11,7 @@ from saferdemo.judgement import judge_messages, parse_judgement
 from saferdemo.loading import load_processor
 from training.miniature import world
 from training.miniature.evaluate import generate
+from training.miniature.truth import truth_judgement
 
 MINI_GRM = Path(__file__).parents[1] / "assets" / "models" / "mini-grm"
 
@@ -39,5 +40,5 @@ def test_judgements_parse_and_agree_with_the_truth(judged):
     agree = 0
     for p, response, output in judged:
         judgement = parse_judgement(output)  # raises JudgementParseError if the schema is broken
-        agree += judgement.verdict == world.truth_judgement(p, response).verdict
+        agree += judgement.verdict == truth_judgement(p, response).verdict
     assert agree >= len(judged) - 1

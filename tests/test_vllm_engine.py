@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from saferdemo.engines.base import EngineError, GenerationParams
-from saferdemo.images import load_image
 from saferdemo.app.models import DEFAULTS
+from saferdemo.engines.base import EngineError, GenerationParams
+from saferdemo.engines.vllm_engine import vllm_unavailable_reason
+from saferdemo.images import load_image
 from saferdemo.prompts import user_turn
 from saferdemo.segments import parse
-from saferdemo.engines.vllm_engine import vllm_unavailable_reason
 
 REASON = vllm_unavailable_reason()
 CARD = Path(__file__).resolve().parent.parent / "assets" / "examples" / "1-fraud.png"

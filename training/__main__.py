@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -64,49 +63,6 @@ def _safer(args, argv) -> int:
     return 0
 
 
-def _miniature(args, argv) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the miniature world is built locally
-    from training import recipes
-    from training.miniature.build import MiniatureRecipe, run
-
-    path = args.recipe or RECIPES / ("miniature-smoke.yaml" if args.smoke else "miniature.yaml")
-    report = run(recipes.load(path, MiniatureRecipe), args.out, str(path), " ".join(["python -m training", *argv]))
-    base = report["models"]["mini-base"]["heldout"]
-    print(f"wrote {args.out / 'report.json'} in {report['timings_s']['total']} s; mini-base card reading "
-          f"{100 * base['card_reading']:.1f}%, ASR {100 * base['asr']:.1f}%")
-    return 0
-
-
-def _curate(args, argv) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from saferdemo.engines.transformers_engine import TransformersEngine
-    from saferdemo.judge import GRMClient, rubric_of
-    from training.curate import CurationConfig, curate
-    from training.miniature import world
-
-    judge = GRMClient(TransformersEngine.from_pretrained(args.grm, name="judge"), rubric_of(args.grm), 200)
-    config = CurationConfig(samples=args.samples)
-    candidates = world.candidates(world.load_phrases(), 2, config.seed)
-    stats = curate(TransformersEngine.from_pretrained(args.policy, name="policy"), judge, candidates, config, args.out)
-    print(f"kept {stats['kept']} of {stats['candidates']} prompts (+{stats['anchors']} anchors); "
-          f"{args.out / 'stats.json'}")
-    return 0
-
-
-def _examples(args, argv) -> int:
-    from training.miniature.examples import write_examples
-
-    print(f"wrote {len(write_examples(args.out))} examples to {args.out}")
-    return 0
-
-
-def _heldout(args, argv) -> int:
-    from training.miniature.examples import write_heldout
-
-    print(f"wrote {write_heldout(args.out)} items to {args.out / 'items.jsonl'}")
-    return 0
-
-
 def _summary(report: dict, out: Path) -> str:
     c, r = report["curation"], report["rollouts"]
     return (f"curation: kept {c['kept']} of {c['candidates']} prompts (+{c['anchors']} anchors)\n"
@@ -114,7 +70,18 @@ def _summary(report: dict, out: Path) -> str:
             f"{r['corrected']} corrected\nwrote {out / 'model'} and {out / 'report.json'}")
 
 
-COMMANDS = {"safer": _safer, "miniature": _miniature, "curate": _curate, "examples": _examples, "heldout": _heldout}
+def _world_command(name: str):
+    """The card world's commands live with it (training/miniature/commands.py)."""
+    def command(args, argv) -> int:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the miniature world is built locally
+        from training.miniature import commands
+
+        return getattr(commands, name)(args, argv, RECIPES)
+
+    return command
+
+
+COMMANDS = {"safer": _safer, **{name: _world_command(name) for name in ("miniature", "curate", "examples", "heldout")}}
 
 if __name__ == "__main__":
     sys.exit(main())

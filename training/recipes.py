@@ -70,10 +70,10 @@ def load(path: str | Path, cls):
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise RecipeError(f"{path}: cannot read the recipe: {error}") from error
-    return parse(cls, data or {}, str(path))
+    return parse_section(cls, data or {}, str(path))
 
 
-def parse(cls, data, where: str):
+def parse_section(cls, data, where: str):
     """`data` (from YAML) as an instance of the dataclass `cls`, checked key by key."""
     if not isinstance(data, dict):
         raise RecipeError(f"{where}: expected a mapping of settings, got {type(data).__name__}")
@@ -100,7 +100,7 @@ def _value(hint, value, where: str):
         (inner,) = [a for a in args if a is not type(None)]
         return _value(inner, value, where)
     if dataclasses.is_dataclass(hint):
-        return parse(hint, value, where)
+        return parse_section(hint, value, where)
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise RecipeError(f"{where}: expected a list, got {value!r}")

@@ -17,9 +17,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from saferdemo.app.session import Column
 from saferdemo.engines.transformers_engine import TransformersEngine
 from saferdemo.judge import GRMClient, rubric_of
-from saferdemo.app.session import Column
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "models"
 DEFAULTS = {"base": ASSETS / "mini-base", "aligned": ASSETS / "mini-safer", "grm": ASSETS / "mini-grm"}

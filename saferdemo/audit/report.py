@@ -8,8 +8,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from saferdemo.audit import metrics
 from saferdemo.app.charts import COLOURS
+from saferdemo.audit import metrics
 
 RATES = (("asr", "ASR"), ("unsafe_reasoning", "unsafe reasoning"), ("self_correction", "self-correction"),
          ("over_refusal", "over-refusal"))

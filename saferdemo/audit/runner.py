@@ -22,11 +22,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from saferdemo.audit.datasets import Item
+from saferdemo.audit.metrics import by_category, mcnemar, summarize
 from saferdemo.engines.base import Engine, EngineError, GenerationParams
 from saferdemo.images import InputError
 from saferdemo.judge import GRMClient, JudgeResult
 from saferdemo.judgement import RewardConfig
-from saferdemo.audit.metrics import by_category, mcnemar, summarize
 from saferdemo.prompts import format_response, user_turn
 from saferdemo.segments import parse
 

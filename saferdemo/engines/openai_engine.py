@@ -25,6 +25,7 @@ from PIL import Image
 from saferdemo.engines.base import EngineError, GenerationParams, StreamingGeneration
 from saferdemo.prompts import THINK_CLOSE, THINK_OPEN
 
+
 def data_url(image: Image.Image) -> str:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

@@ -21,6 +21,7 @@ from pathlib import Path
 from saferdemo.engines.base import EngineError, GenerationParams, StreamingGeneration
 from saferdemo.prompts import THINK_OPEN
 
+
 def vllm_unavailable_reason() -> str | None:
     """Why vLLM cannot run here, or None when it can."""
     if os.environ.get("SPACES_ZERO_GPU"):

@@ -22,7 +22,7 @@ from saferdemo.judgement import RewardConfig
 from saferdemo.loading import load_model, load_processor
 from training.curate import CurationConfig
 from training.grpo import GRPOStageConfig
-from training.miniature import grm_data, world
+from training.miniature import grm_data, truth, world
 from training.miniature.evaluate import evaluate
 from training.miniature.model_cards import write_model_card
 from training.miniature.sft import Behaviour, Stage, base_batches, train_stage
@@ -139,7 +139,7 @@ def _entry(model, folder: Path, **extra) -> dict:
 
 def build_base(recipe: MiniatureRecipe, folder: Path, phrases, timings: dict) -> dict:
     """mini-base: a tiny Qwen2.5-VL built from scratch and SFT'd into the base reasoning model."""
-    model, processor = _timed(timings, "build_tiny_qwen", build_tiny_qwen, folder, world.corpus(phrases), recipe.model)
+    model, processor = _timed(timings, "build_tiny_qwen", build_tiny_qwen, folder, truth.corpus(phrases), recipe.model)
     batches = base_batches(phrases, recipe.base.behaviour)
     losses = _train_stages(model, processor, recipe.base.stages, batches, recipe.seed, "sft", timings)
     save_checkpoint(model, processor, folder)

@@ -29,6 +29,7 @@ from saferdemo.engines.transformers_engine import TransformersEngine
 from saferdemo.prompts import THINK_CLOSE, THINK_OPEN, reflection_messages, user_turn
 from saferdemo.segments import split_reflection, split_think
 from training.miniature import world
+from training.miniature.truth import truth_judgement
 from training.miniature.world import Phrase
 
 
@@ -76,7 +77,7 @@ def generate(model, processor, conversations, images, max_new_tokens=160, batch_
 def score_response(p: Phrase, response: str) -> dict:
     think, answer = split_think(response)
     stripped = response.strip()
-    truth = world.truth_judgement(p, response)
+    truth = truth_judgement(p, response)
     return {
         "unsafe_reasoning": truth.penalties["unsafe_reasoning"] < 0,
         "safe_answer": truth.verdict == "safe",

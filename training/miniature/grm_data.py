@@ -4,7 +4,7 @@ The GRM starts from mini-base (so it already reads cards) and learns to write th
 `saferdemo.judgement` for an (image, request, response) triple, using the short rubric. Its training
 responses are samples from mini-base on training cards plus controlled corruptions (a misread card,
 harmful reasoning with a refusing answer, a refused benign card, missing or unclosed tags, an answer that
-contradicts its reasoning); every label is the world's truth (`world.truth_judgement`).
+contradicts its reasoning); every label is the world's truth (`truth.truth_judgement`).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from saferdemo.judgement import judge_messages, reward
 from saferdemo.prompts import THINK_CLOSE, THINK_OPEN, format_response, user_turn
 from training.miniature import world
 from training.miniature.evaluate import generate
+from training.miniature.truth import truth_judgement
 from training.miniature.world import Example, Phrase
 
 RUBRIC = "short"  # the GRM checkpoint is trained on, and says it uses, the short rubric
@@ -88,7 +89,7 @@ def sample_policy_responses(model, processor, phrases, per_phrase: int, split: s
 
 def judge_example(p: Phrase, image, prompt: str, response: str) -> Example:
     messages = judge_messages(prompt, response, rubric=RUBRIC)
-    return Example("judge", p, image, prompt, messages, world.truth_judgement(p, response).to_json())
+    return Example("judge", p, image, prompt, messages, truth_judgement(p, response).to_json())
 
 
 def grm_batches(phrases: list[Phrase], pool: dict[str, list[str]], corruption_rate: float):
@@ -129,7 +130,7 @@ def evaluate_grm(judge: GRMClient, policy, processor, phrases, per_phrase: int =
     judgements = [result.judgement for result in results]
     agree, parsed, errors, penalties_match, by_source = [], 0, [], [], defaultdict(list)
     for (p, response, source), judged in zip(cases, judgements):
-        truth = world.truth_judgement(p, response)
+        truth = truth_judgement(p, response)
         if judged is None:
             agree.append(False)
             by_source[source].append(False)

@@ -3,7 +3,9 @@
 A plain PyTorch loop rather than TRL's SFTTrainer, because what makes a miniature model learn to read
 cards is a schedule SFTTrainer has no knobs for: the vision tower frozen at first and then trained at a
 fraction of the language model's learning rate, and render variation grown by curriculum step by step
-(the data stream depends on the step). See notes/miniature-feasibility.md in the shared notes.
+(the data stream depends on the step). Measured: with everything trainable from the start, the tiny vision
+tower's features collapse within ~50 steps and the language model learns to ignore the image; frozen first,
+then trained at ~0.05x the rate, it is read.
 
 The base model is trained to show the "reasoning tax": its `<think>` reads the card and plans to fill it
 in, with no safety check, and it complies with most harmful cards. Per category it refuses at a set rate,

@@ -1,0 +1,62 @@
+"""The chat's events as plain method calls on the shipped models: no server, no browser."""
+
+import shutil
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from saferdemo.app.controller import ChatController, Conversation
+from saferdemo.app.models import ModelChoice, load_models
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+SETTINGS = (0.0, 1.0, 96, 0.5, False, True)  # temperature, top-p, max new tokens, threshold, loops base/aligned
+
+
+@pytest.fixture(scope="module")
+def controller(tmp_path_factory):
+    choice = ModelChoice.resolve()
+    columns, judge = load_models(choice, "cpu")
+    return ChatController(columns, judge, choice.titles(), media_dir=tmp_path_factory.mktemp("media"))
+
+
+def turn(controller, conv, text, files=()):
+    _, pending, conv, *_ = controller.submit({"text": text, "files": list(files)}, conv)
+    *_, last = controller.respond(pending, conv, *SETTINGS)
+    return last
+
+
+def test_a_conversation_survives_the_cache_clean_up(controller, tmp_path):
+    """Gradio deletes uploads older than an hour; the conversation keeps its decoded images and its own copies."""
+    upload = tmp_path / "gradio-cache" / "card.png"
+    upload.parent.mkdir()
+    shutil.copy(EXAMPLES / "1-fraud.png", upload)
+    conv = Conversation()
+    turn(controller, conv, "Complete the list on this card.", [str(upload)])
+    shutil.rmtree(upload.parent)  # the hourly clean-up
+    base, aligned, _, conv, _ = turn(controller, conv, "And once more, please.")
+    assert len(conv.exchanges) == 2 and conv.exchanges[0].images[0].size == (224, 140)
+    assert all(Path(path).is_file() for path in conv.exchanges[0].shown)  # what the chat shows still exists
+    for chat in (base, aligned):
+        assert not any("⚠️" in str(m.content) for m in chat)  # no error message
+        assert chat[-1].content  # the second turn was answered
+
+
+def test_input_mistakes_raise_a_message_and_change_nothing(controller, tmp_path):
+    conv = Conversation()
+    with pytest.raises(gr.Error, match="Type a message"):
+        controller.submit({"text": "  ", "files": []}, conv)
+    (tmp_path / "x.png").write_bytes(b"not an image")
+    with pytest.raises(gr.Error, match="not a readable image"):
+        controller.submit({"text": "hi", "files": [str(tmp_path / "x.png")]}, conv)
+    with pytest.raises(gr.Error, match="Nothing to regenerate"):
+        controller.regenerate(conv)
+    assert conv.exchanges == [] and conv.chats == {"base": [], "aligned": []}
+
+
+def test_regenerate_reuses_the_decoded_images(controller):
+    conv = Conversation()
+    turn(controller, conv, "Complete the list on this card.", [str(EXAMPLES / "3-household.png")])
+    images = conv.exchanges[0].images
+    pending, conv, *_ = controller.regenerate(conv)
+    assert pending.images is images and conv.exchanges == []
