@@ -60,3 +60,32 @@ def test_regenerate_reuses_the_decoded_images(controller):
     images = conv.exchanges[0].images
     pending, conv, *_ = controller.regenerate(conv)
     assert pending.images is images and conv.exchanges == []
+
+
+def test_a_stopped_turn_is_in_the_history_as_far_as_it_got(controller):
+    """Every update carries the turn in the history (on ZeroGPU only what was yielded reaches the session)."""
+    conv = Conversation()
+    _, pending, conv, *_ = controller.submit({"text": "Complete the list.", "files": [str(EXAMPLES / "1-fraud.png")]}, conv)
+    stream = controller.respond(pending, conv, *SETTINGS)
+    *_, sent, _ = next(stream)
+    assert len(sent.exchanges) == 1 and sent.exchanges[0].text == "Complete the list."
+    stream.close()  # Stop
+    assert len(conv.exchanges) == 1
+    pending, conv, *_ = controller.regenerate(conv)  # redoes the stopped turn, not the one before
+    assert pending.text == "Complete the list." and conv.exchanges == []
+
+
+def test_the_conversation_image_budget(controller):
+    conv = Conversation()
+    card = str(EXAMPLES / "3-household.png")
+    for _ in range(2):
+        turn(controller, conv, "Complete the list.", [card] * 4)
+    with pytest.raises(gr.Error, match="already holds 8 images; the limit is 8"):
+        controller.submit({"text": "One more.", "files": [card]}, conv)
+
+
+def test_zero_gpu_duration_follows_the_turn():
+    from saferdemo.app.models import gpu_seconds
+
+    assert gpu_seconds(None, None, 0.0, 1.0, 192) == 90 and gpu_seconds(None, None, 0.0, 1.0, 1024) == 300
+    assert gpu_seconds(None, None, 0.0, 1.0, 16) == 30 and gpu_seconds("miniature", 10) == 300  # an audit

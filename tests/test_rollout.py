@@ -8,8 +8,6 @@ import json
 from collections import defaultdict
 from types import SimpleNamespace
 
-import torch
-
 from saferdemo.judge import GRMClient
 from training.grpo import RolloutLog, SafetyAwareRollout, corrected_ids
 
@@ -47,14 +45,15 @@ class ScriptedTrainer:
         self._metrics = {"train": defaultdict(list)}
         self._rollout_rows = [{"request": "Complete the list.", "image": None}] * len(drafts)
         self.accelerator = SimpleNamespace(num_processes=processes, device="cpu",
-                                           reduce=lambda t, reduction: t + others_flagged)
+                                           reduce=lambda t, reduction: t.clamp(min=others_flagged))
         self.generate_calls = []
 
     def _tokenize_prompts(self, prompts):
         return [[1, 2, 3]] * len(prompts), None, {}
 
     def _generate_single_turn(self, prompt_ids, images, mm_fields, n):
-        self.generate_calls.append({"n": n, "rows": len(prompt_ids), "budget": self.generation_config.max_new_tokens})
+        budget = getattr(getattr(self, "generation_config", None), "max_new_tokens", None)
+        self.generate_calls.append({"n": n, "rows": len(prompt_ids), "budget": budget})
         texts = self.drafts if len(self.generate_calls) == 1 else self.reflections[: len(prompt_ids)]
         return [self.tokenizer.encode(t, add_special_tokens=False) + [IM_END] for t in texts], None
 
@@ -101,20 +100,43 @@ def test_corrected_ids_find_the_tag_wherever_token_boundaries_fall(real_tokenize
         assert real_tokenizer.decode(corrected, skip_special_tokens=True) == "Sorry." and corrected[-1] == IM_END
 
 
-def test_every_process_joins_the_reflection_generate(real_tokenizer):
-    """With two processes, one that flagged nothing still generates (collectives under ZeRO-3 and vLLM)."""
-    quiet = ScriptedTrainer(real_tokenizer, [REFUSE, REFUSE], [REFLECTION], processes=2, others_flagged=1)
+def test_every_process_joins_the_reflection_generate_with_as_many_prompts(real_tokenizer):
+    """Two processes: one that flagged fewer drafts than the other still generates as many reflection prompts
+    (TRL's vLLM server mode slices gathered results by position), and throws the stand-ins' results away."""
+    quiet = ScriptedTrainer(real_tokenizer, [REFUSE, REFUSE], [REFLECTION] * 2, processes=2, others_flagged=2)
     out, log = rollout(quiet)
-    assert len(quiet.generate_calls) == 2 and out["revised"] == [False, False]  # stand-in result discarded
+    assert quiet.generate_calls[1]["rows"] == 2 and out["revised"] == [False, False]
     assert log.totals()["flagged"] == 0
+    busy = ScriptedTrainer(real_tokenizer, [COMPLY, REFUSE], [REFLECTION] * 3, processes=2, others_flagged=3)
+    out, log = rollout(busy)
+    assert busy.generate_calls[1]["rows"] == 3 and out["revised"] == [True, False]  # 1 real + 2 stand-ins
     nobody = ScriptedTrainer(real_tokenizer, [REFUSE, REFUSE], [REFLECTION], processes=2, others_flagged=0)
     rollout(nobody)
     assert len(nobody.generate_calls) == 1  # nobody flagged anything: nobody generates
 
 
-def test_the_reduce_sees_this_process_count(real_tokenizer):
+def test_the_reduce_takes_the_maximum_of_this_process_count(real_tokenizer):
     seen = []
     trainer = ScriptedTrainer(real_tokenizer, [COMPLY, REFUSE], [REFLECTION], processes=2)
     trainer.accelerator.reduce = lambda t, reduction: seen.append((t.tolist(), reduction)) or t
     rollout(trainer)
-    assert seen == [([1], "sum")] and isinstance(torch.tensor([1]), torch.Tensor)
+    assert seen == [([1], "max")]
+
+
+def test_the_vllm_path_has_no_generation_config(real_tokenizer):
+    """TRL sets trainer.generation_config only without vLLM; the reflection budget goes to vLLM's limit."""
+    trainer = ScriptedTrainer(real_tokenizer, [COMPLY, REFUSE], [REFLECTION])
+    del trainer.generation_config
+    trainer.use_vllm = True
+    trainer.vllm_generation = SimpleNamespace(max_completion_length=32)
+    budgets = []
+    generate = trainer._generate_single_turn
+
+    def watch(*args):
+        budgets.append(trainer.vllm_generation.max_completion_length)
+        return generate(*args)
+
+    trainer._generate_single_turn = watch
+    out, log = rollout(trainer)
+    assert budgets == [32, 96] and trainer.vllm_generation.max_completion_length == 32
+    assert log.totals()["reflected"] == 1 and out["logprobs"] is None

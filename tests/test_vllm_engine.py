@@ -46,3 +46,18 @@ def test_vllm_streams_and_stops():
         assert time.perf_counter() - stopped < 1.0 and long.stats.finish_reason == "stopped"
     finally:
         engine.shutdown()
+
+
+def test_engine_arguments_follow_the_checkpoint(real_checkpoint, tmp_path):
+    """Read from the checkpoint where vLLM would otherwise refuse to start or fail mid-conversation (no GPU
+    needed: the arguments are plain data)."""
+    from saferdemo.engines.vllm_engine import engine_args
+
+    mini = engine_args(str(DEFAULTS["base"]), None, None, 0.28, 8, None)
+    assert mini["max_model_len"] == 4096  # the miniature models' context; vLLM refuses a longer one
+    assert mini["limit_mm_per_prompt"] == {"image": 8, "video": 0} and "mm_processor_kwargs" not in mini
+    real = engine_args(str(real_checkpoint), None, None, 0.28, 8, 401408)
+    assert real["max_model_len"] == 8192 and real["mm_processor_kwargs"] == {"max_pixels": 401408}
+    (tmp_path / "adapter_config.json").write_text('{"r": 128, "base_model_name_or_path": "x"}')
+    lora = engine_args(str(real_checkpoint), str(tmp_path), 32768, 0.28, 8, None)
+    assert lora["enable_lora"] and lora["max_lora_rank"] == 128 and lora["max_model_len"] == 32768

@@ -23,7 +23,8 @@ LoRA adapter switched off, so no second model in memory) keeps benign behaviour 
 miniature world, beta 0 let look-alike refusal climb to 70%, beta 0.04 kept it under 2%.
 
 Several processes: generation can be a collective (ZeRO-3 parameter gathers, vLLM weight sync and server-mode
-gathers), so every process joins each reflection generate, with a stand-in prompt when it flagged nothing.
+gathers), so every process joins each reflection generate with as many prompts as the busiest process,
+padding with stand-ins when it flagged fewer (or none).
 Details and measurements: notes/trl-grpo-1.16.md.
 """
 
@@ -60,8 +61,9 @@ class GRPOStageConfig:
     beta: float = 0.0  # KL weight to the base policy; with LoRA the reference is the adapter switched off
     lora_r: int = 8
     lora_alpha: int = 16
-    # Module names LoRA wraps, in the language model only: vLLM serves no LoRA on the vision tower, so an
-    # adapter there would make a served adapter differ from the merged model.
+    # Module names LoRA wraps, in the language model only (VISION_TOWER is excluded): vLLM applies LoRA to a
+    # vision tower only with its experimental --enable-tower-connector-lora, so an adapter there would serve
+    # differently from the merged model by default.
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     seed: int = 0
     # Any other trl.GRPOConfig setting (GPU recipes: bf16, use_vllm, vllm_mode, gradient_checkpointing, ...).
@@ -146,36 +148,37 @@ class SafetyAwareRollout:
             metrics[f"rollouts/{key}"].append(float(step[key]))
 
     def _reflect(self, trainer, prompts, drafts, results, indices) -> list[list[int]]:
-        """Corrected-response tokens for each flagged draft; every process joins the generate (see above)."""
-        if not _anyone_has(trainer, len(indices)):
+        """Corrected-response tokens for each flagged draft.
+
+        Every process joins the generate with the SAME number of reflection prompts (the most any process
+        has), padding with stand-ins whose results are thrown away: TRL's vLLM server mode (and colocate with
+        tensor parallelism) gathers the prompts of all processes and slices the results back by position."""
+        most = _most_of_all(trainer, len(indices))
+        if most == 0:
             return []
-        # A process that flagged nothing reflects on its first draft as a stand-in and throws the result away.
-        chosen = indices or [0]
+        chosen = indices + [indices[0] if indices else 0] * (most - len(indices))
         convs = [reflection_messages(prompts[i], drafts[i], _critique(results[i])) for i in chosen]
         ids, images, mm_fields = trainer._tokenize_prompts(convs)
         with _longer_generation(trainer, self.reflection_budget):
             # One completion per reflection prompt: each is its own conversation (TRL's tool loop does the same).
             outputs, _ = trainer._generate_single_turn(ids, images, mm_fields, 1)
-        if not indices:
-            return []
         tokenizer, limit = trainer.processing_class, trainer.max_completion_length
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-        return [corrected_ids(tokenizer, list(out), trainer.eos_token_ids, limit) for out in outputs]
+        return [corrected_ids(tokenizer, list(out), trainer.eos_token_ids, limit) for out in outputs[: len(indices)]]
 
 
 def _critique(result: JudgeResult) -> str:
     return (result.judgement.rationale if result.judgement else "") or "The response is unsafe."
 
 
-def _anyone_has(trainer, count: int) -> bool:
-    """Whether any process has something to reflect on (one all-reduce; trivially ours with one process)."""
+def _most_of_all(trainer, count: int) -> int:
+    """The largest `count` over all processes (one all-reduce; trivially ours with one process)."""
     accelerator = trainer.accelerator
     if accelerator.num_processes == 1:
-        return count > 0
+        return count
     import torch
 
-    total = accelerator.reduce(torch.tensor([count], device=accelerator.device), reduction="sum")
-    return int(total.item()) > 0
+    return int(accelerator.reduce(torch.tensor([count], device=accelerator.device), reduction="max").item())
 
 
 @contextmanager
@@ -213,6 +216,9 @@ def grpo_args(config: GRPOStageConfig, out_dir: str):
         "max_completion_length": config.max_completion_length, "max_steps": config.steps,
         "learning_rate": config.lr, "logging_steps": 1, "report_to": "none", "save_strategy": "no",
         "dataloader_num_workers": 0, "seed": config.seed, "disable_tqdm": False,
+        # Off unless a recipe asks (grpo.trl.gradient_checkpointing): TRL 1.16 turns it on by default. Named by
+        # its old name, which every supported transformers accepts (activation_checkpointing is 5.23+ only).
+        "gradient_checkpointing": False,
     }
     return GRPOConfig(**{**settings, **config.trl})
 

@@ -36,6 +36,8 @@ COLUMN_NAMES = ("base", "aligned")
 class Limits:
     prompt_chars: int = 4000
     images_per_turn: int = 4
+    # Every earlier image goes to the models again each turn; vLLM is started with this as its per-prompt limit.
+    images_per_conversation: int = 8
     turns: int = 20
     audit_items: int = 100  # the Audit tab's largest audit (the CLI has no limit)
     upload_mb: int = 20  # per file (Gradio refuses larger uploads); decoded pixels: saferdemo.images
@@ -122,23 +124,30 @@ class ChatController:
         params = GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
         chats, turns = conv.chats, {}
         prefix = {name: len(chat) for name, chat in chats.items()}
+        history = list(conv.exchanges)
+        # The exchange enters the history now and its answers fill in as they stream, so every update sent
+        # carries a consistent history: on ZeroGPU this runs in a worker process, and after a Stop only what
+        # was yielded reaches the session (Regenerate then redoes the stopped turn).
+        exchange = Exchange(pending.text, pending.images, {}, pending.shown)
+        conv.exchanges.append(exchange)
         last_draw = 0.0
 
         def redraw():  # rebuilt from the latest snapshots only when drawn, not at every streamed chunk
             for name, turn in turns.items():
                 chats[name] = chats[name][: prefix[name]] + turn_messages(turn)
+                exchange.answers[name] = turn.final_answer
 
         try:
-            for name, turn in self.comparison.run(conv.exchanges, pending.text, pending.images, params, stop, loops):
+            for name, turn in self.comparison.run(history, pending.text, pending.images, params, stop, loops):
                 turns[name] = turn
                 streaming = turn.phase in ("drafting", "reflecting")
                 if not streaming or time.perf_counter() - last_draw >= 1 / self.limits.ui_updates_per_s:
                     last_draw = time.perf_counter()
                     redraw()
                     yield chats["base"], chats["aligned"], gr.skip(), conv, None
-        finally:  # also when Stop cancels this generator: the turn still enters the history as far as it got
+        finally:  # also when Stop cancels this generator: the turn is in the history as far as it got
             redraw()
-            self._record(conv, pending, turns, request)
+            self._record(conv, len(conv.exchanges), pending, turns, request)
         yield chats["base"], chats["aligned"], scores_figure(conv.records) if conv.records else None, conv, None
 
     def regenerate(self, conv: Conversation):
@@ -181,6 +190,10 @@ class ChatController:
             raise gr.Error(f"The message is {len(text):,} characters; the limit is {limits.prompt_chars:,}.")
         if len(paths) > limits.images_per_turn:
             raise gr.Error(f"{len(paths)} images attached; the limit is {limits.images_per_turn} per message.")
+        held = sum(len(exchange.images) for exchange in conv.exchanges)
+        if held + len(paths) > limits.images_per_conversation:
+            raise gr.Error(f"This conversation already holds {held} images; the limit is "
+                           f"{limits.images_per_conversation}. Press Clear to start a new one.")
         if len(conv.exchanges) >= limits.turns:
             raise gr.Error(f"This conversation has reached {limits.turns} turns. Press Clear to start a new one.")
 
@@ -197,10 +210,7 @@ class ChatController:
         shutil.copyfile(path, kept)
         return str(kept)
 
-    def _record(self, conv: Conversation, pending: Pending, turns: dict[str, Turn], request) -> None:
-        index = len(conv.exchanges) + 1
-        conv.exchanges.append(Exchange(pending.text, pending.images,
-                                       {name: turn.final_answer for name, turn in turns.items()}, pending.shown))
+    def _record(self, conv: Conversation, index: int, pending: Pending, turns: dict[str, Turn], request) -> None:
         for name, turn in turns.items():
             conv.records += judgement_records(turn, name, index)
             log_turn(turn_record(session_of(request), name, self.titles.get(name, name), turn, len(pending.text),

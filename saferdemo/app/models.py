@@ -82,9 +82,19 @@ def load_models(choice: ModelChoice, device: str | None = None, max_pixels: int 
 
 
 def zero_gpu():
-    """On a ZeroGPU Space, `spaces.GPU` sized for one turn (both columns + judge); elsewhere None."""
+    """On a ZeroGPU Space, `spaces.GPU` sized per call (see gpu_seconds); elsewhere None."""
     if not os.environ.get("SPACES_ZERO_GPU") or importlib.util.find_spec("spaces") is None:
         return None
     import spaces
 
-    return spaces.GPU(duration=int(os.environ.get("SAFERDEMO_GPU_SECONDS", "90")))
+    return spaces.GPU(duration=gpu_seconds)
+
+
+def gpu_seconds(*args, **kwargs) -> int:
+    """How long to hold the GPU: SAFERDEMO_GPU_SECONDS (default 90) for a turn of 192 new tokens, scaled by the
+    turn's max new tokens (respond's fifth argument), between 30 and 300 s. ZeroGPU calls this with the
+    arguments of the call it is about to run; an audit gets the most."""
+    base = int(os.environ.get("SAFERDEMO_GPU_SECONDS", "90"))
+    if len(args) >= 5 and isinstance(args[4], (int, float)):  # respond(pending, conv, temperature, top_p, max_new)
+        return int(min(300, max(30, base * float(args[4]) / 192)))
+    return 300

@@ -132,6 +132,7 @@ class StreamingGeneration:
                     break
                 if isinstance(item, EngineError):
                     self.stats.finish_reason = "error"
+                    completed = True  # the producer failed and has ended: nothing to stop (the event may be shared)
                     raise item
                 yield item
             completed = True
