@@ -7,7 +7,7 @@ import threading
 import pytest
 from PIL import Image
 
-from saferdemo.engines.base import GenerationParams, collect
+from saferdemo.engines.base import GenerationParams
 from saferdemo.engines.transformers_engine import TransformersEngine
 from saferdemo.judge import GRMClient
 from saferdemo.loading import load_model, load_processor
