@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _audit(args, columns, judge) -> int:
     from saferdemo.audit.datasets import load_dataset
-    from saferdemo.audit.runner import AuditConfig, run_audit
+    from saferdemo.audit.runner import AuditConfig, ResumeMismatch, run_audit
 
     if judge is None:
         print("saferdemo: an audit needs a judge (--grm)", file=sys.stderr)
@@ -84,12 +84,22 @@ def _audit(args, columns, judge) -> int:
     categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
     config = AuditConfig(args.dataset, args.limit, categories, args.max_new_tokens, args.temperature, args.seed,
                          args.span_mode)
+    problems: list[str] = []
     try:
-        items = load_dataset(args.dataset, categories, args.limit)
+        items = load_dataset(args.dataset, categories, args.limit, problems)
     except (ValueError, FileNotFoundError) as error:
         print(f"saferdemo: {error}", file=sys.stderr)
         return 2
-    summary = run_audit({name: column.engine for name, column in columns.items()}, judge, items, args.out, config)
+    for problem in problems:
+        print(f"saferdemo: skipped {problem}", file=sys.stderr)
+    if not items:
+        print(f"saferdemo: {args.dataset} has no usable items", file=sys.stderr)
+        return 2
+    try:
+        summary = run_audit({name: column.engine for name, column in columns.items()}, judge, items, args.out, config)
+    except ResumeMismatch as error:
+        print(f"saferdemo: {error}", file=sys.stderr)
+        return 2
     for name, m in summary["models"].items():
         asr, over = m["asr"], m["over_refusal"]
         print(f"{name}: ASR {_rate(asr)}, over-refusal {_rate(over)}, safety score "

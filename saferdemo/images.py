@@ -9,6 +9,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_IMAGE_PIXELS = 40_000_000  # decoded pixels we accept (a 20000x20000 upload is 400 M: refused, not decoded)
 MAX_FILE_BYTES = 20 * 1024 * 1024
+MAX_ASPECT_RATIO = 200  # Qwen2.5-VL's processors refuse more elongated images
 
 
 class InputError(ValueError):
@@ -30,6 +31,9 @@ def load_image(path: str | Path) -> Image.Image:
             if width * height > MAX_IMAGE_PIXELS:
                 raise InputError(f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
                                  f"the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels.")
+            if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+                raise InputError(f"{name} is {width}x{height} pixels; images must be less elongated than "
+                                 f"{MAX_ASPECT_RATIO}:1. Crop it and try again.")
             image.seek(0)  # animated images: the first frame
             image.load()
             return to_rgb(image)
@@ -53,3 +57,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image).convert("RGB")
     return image.convert("RGB")
+
+
+def fit(image: Image.Image, max_pixels: int) -> Image.Image:
+    """The image shrunk (aspect kept) to at most `max_pixels`: what a conversation keeps of an upload."""
+    pixels = image.width * image.height
+    if pixels <= max_pixels:
+        return image
+    scale = (max_pixels / pixels) ** 0.5
+    return image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))), Image.Resampling.LANCZOS)

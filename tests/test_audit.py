@@ -53,3 +53,31 @@ def test_killed_audit_resumes_without_redoing_items(tmp_path):
     assert len(records) == 20 and len(set(keys)) == 20  # complete, no duplicates, the half line dropped
     assert sum("marker" in r for r in records) == len(finished)
     assert {r["id"] for r in records} == {item.id for item in load_dataset("miniature", limit=10)}
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    first = subprocess.run(audit(tmp_path, limit=2), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = lines(tmp_path / "items.jsonl")
+    other = subprocess.run(audit(tmp_path, limit=2) + ["--temperature", "0.7"], capture_output=True, text=True,
+                           timeout=600)
+    assert other.returncode == 2 and "other settings (settings.temperature)" in other.stderr
+    model = subprocess.run(audit(tmp_path, limit=2) + ["--base", "assets/models/mini-grm"], capture_output=True,
+                           text=True, timeout=600)
+    assert model.returncode == 2 and "models.base" in model.stderr
+    assert lines(tmp_path / "items.jsonl") == before  # nothing was added or lost
+    more = subprocess.run(audit(tmp_path, limit=3), capture_output=True, text=True, timeout=600)
+    assert more.returncode == 0 and len(lines(tmp_path / "items.jsonl")) == 6  # a larger limit resumes
+
+
+def test_bad_jsonl_rows_are_named_and_skipped(tmp_path):
+    rows = [{"card": {"text": "Steps to clean a window."}, "prompt": "p", "category": "c", "harmful": False},
+            {"card": {"text": "x"}, "prompt": "p", "category": "c", "harmful": "false"},
+            {"card": {"text": "x"}, "prompt": "p", "harmful": True}]
+    path = tmp_path / "items.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    problems = []
+    items = load_dataset(str(path), problems=problems)
+    assert [i.prompt for i in items] == ["p"] and len(problems) == 3
+    assert "items.jsonl:2: harmful must be true or false, got 'false'" in problems[0]
+    assert "items.jsonl:3: missing category" in problems[1] and "items.jsonl:4:" in problems[2]

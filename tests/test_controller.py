@@ -78,9 +78,9 @@ def test_a_stopped_turn_is_in_the_history_as_far_as_it_got(controller):
 def test_the_conversation_image_budget(controller):
     conv = Conversation()
     card = str(EXAMPLES / "3-household.png")
-    for _ in range(2):
+    for _ in range(4):
         turn(controller, conv, "Complete the list.", [card] * 4)
-    with pytest.raises(gr.Error, match="already holds 8 images; the limit is 8"):
+    with pytest.raises(gr.Error, match="already holds 16 images; the limit is 16"):
         controller.submit({"text": "One more.", "files": [card]}, conv)
 
 
@@ -89,3 +89,31 @@ def test_zero_gpu_duration_follows_the_turn():
 
     assert gpu_seconds(None, None, 0.0, 1.0, 192) == 90 and gpu_seconds(None, None, 0.0, 1.0, 1024) == 300
     assert gpu_seconds(None, None, 0.0, 1.0, 16) == 30 and gpu_seconds("miniature", 10) == 300  # an audit
+
+
+def test_clear_and_regenerate_during_a_turn_keep_the_history_consistent(controller):
+    conv = Conversation()
+    card = str(EXAMPLES / "1-fraud.png")
+    turn(controller, conv, "First.", [card])
+    _, pending, conv, *_ = controller.submit({"text": "Second.", "files": [card]}, conv)
+    stream = controller.respond(pending, conv, *SETTINGS)
+    next(stream)
+    pending, conv, *_ = controller.regenerate(conv)  # while "Second." streams: it is the turn redone
+    assert pending.text == "Second." and [e.text for e in conv.exchanges] == ["First."]
+    list(stream)  # the old turn ends without writing into the history
+    assert [e.text for e in conv.exchanges] == ["First."]
+    stream = controller.respond(pending, conv, *SETTINGS)
+    next(stream)
+    conv, *_ = controller.clear(conv)  # Clear while the regenerated turn streams
+    assert list(stream) == [] and conv.exchanges == [] and conv.chats == {"base": [], "aligned": []}
+
+
+def test_a_lone_surrogate_is_cleaned_and_the_session_goes_on(controller):
+    import json
+
+    conv = Conversation()
+    base, aligned, _, conv, _ = turn(controller, conv, "Hello \ud800 there")
+    assert conv.exchanges[0].text == "Hello \ufffd there"
+    json.dumps([str(m.content) for m in base + aligned])  # what Gradio sends can be encoded
+    turn(controller, conv, "And again.")
+    assert len(conv.exchanges) == 2

@@ -46,3 +46,18 @@ def test_huge_images_are_refused_before_decoding(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match="cannot be read"):
         load_image(tmp_path / "nope.png")
+
+
+def test_elongated_images_are_refused_clearly(tmp_path):
+    Image.new("RGB", (10000, 10)).save(tmp_path / "strip.png")
+    with pytest.raises(InputError, match="10000x10 pixels; images must be less elongated than 200:1"):
+        load_image(tmp_path / "strip.png")
+
+
+def test_fit_keeps_the_aspect_and_the_budget():
+    from saferdemo.images import fit
+
+    small = Image.new("RGB", (300, 200))
+    assert fit(small, 2_000_000) is small
+    big = fit(Image.new("RGB", (6000, 6000)), 2_000_000)
+    assert big.width == big.height and big.width * big.height <= 2_000_000

@@ -26,7 +26,7 @@ from saferdemo.app.observability import log_turn, turn_record
 from saferdemo.app.render import cut_last_turn, judgement_records, turn_messages, user_messages
 from saferdemo.app.session import Column, Comparison, Exchange
 from saferdemo.engines.base import GenerationParams
-from saferdemo.images import InputError, load_image
+from saferdemo.images import InputError, fit, load_image
 from saferdemo.safety_loop import LoopConfig, Turn
 
 COLUMN_NAMES = ("base", "aligned")
@@ -37,7 +37,10 @@ class Limits:
     prompt_chars: int = 4000
     images_per_turn: int = 4
     # Every earlier image goes to the models again each turn; vLLM is started with this as its per-prompt limit.
-    images_per_conversation: int = 8
+    images_per_conversation: int = 16
+    # Pixels a conversation keeps of each upload, decoded once (more than the processors use, unless a
+    # checkpoint's max_pixels is larger): 8 images stay under 50 MB however large the files were.
+    kept_pixels: int = 2_000_000
     turns: int = 20
     audit_items: int = 100  # the Audit tab's largest audit (the CLI has no limit)
     upload_mb: int = 20  # per file (Gradio refuses larger uploads); decoded pixels: saferdemo.images
@@ -54,6 +57,8 @@ class Conversation:
     records: list[dict] = field(default_factory=list)
     # What each chat shows, kept on the server: the browser's copy is never read back.
     chats: dict[str, list] = field(default_factory=lambda: {name: [] for name in COLUMN_NAMES})
+    # Bumped by Clear and Regenerate: a turn still streaming from before must not write into what follows.
+    epoch: int = 0
 
 
 @dataclass
@@ -84,6 +89,12 @@ class StopRegistry:
             event.set()
 
 
+def clean_text(text: str) -> str:
+    """Text that can be encoded: a lone surrogate ("\\ud800", which no UTF-8 can hold) becomes U+FFFD. Left in,
+    it would break every later update of the session, which is serialised as JSON."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def session_of(request: gr.Request | None) -> str:
     return getattr(request, "session_hash", None) or "default"
 
@@ -102,10 +113,11 @@ class ChatController:
 
     def submit(self, message: dict | None, conv: Conversation):
         """Check the message, decode its images once, echo it in both chats; `respond` answers it."""
-        text = (message or {}).get("text", "").strip()
+        text = clean_text((message or {}).get("text", "")).strip()
         paths = list((message or {}).get("files", []))
         self._check(text, paths, conv)
-        images = [self._open(path) for path in paths]  # a bad file is refused now, before it enters the history
+        # Decoded once, at the size kept; a bad file is refused now, before it enters the history.
+        images = [fit(self._open(path), self.limits.kept_pixels) for path in paths]
         pending = Pending(text, images, [self._keep(path) for path in paths])
         shown = user_messages(text, pending.shown)
         for chat in conv.chats.values():
@@ -130,7 +142,7 @@ class ChatController:
         # was yielded reaches the session (Regenerate then redoes the stopped turn).
         exchange = Exchange(pending.text, pending.images, {}, pending.shown)
         conv.exchanges.append(exchange)
-        last_draw = 0.0
+        epoch, last_draw = conv.epoch, 0.0
 
         def redraw():  # rebuilt from the latest snapshots only when drawn, not at every streamed chunk
             for name, turn in turns.items():
@@ -141,18 +153,24 @@ class ChatController:
             for name, turn in self.comparison.run(history, pending.text, pending.images, params, stop, loops):
                 turns[name] = turn
                 streaming = turn.phase in ("drafting", "reflecting")
+                if conv.epoch != epoch:
+                    break  # Clear or Regenerate took over (they also stop the generation)
                 if not streaming or time.perf_counter() - last_draw >= 1 / self.limits.ui_updates_per_s:
                     last_draw = time.perf_counter()
                     redraw()
                     yield chats["base"], chats["aligned"], gr.skip(), conv, None
         finally:  # also when Stop cancels this generator: the turn is in the history as far as it got
-            redraw()
-            self._record(conv, len(conv.exchanges), pending, turns, request)
-        yield chats["base"], chats["aligned"], scores_figure(conv.records) if conv.records else None, conv, None
+            if conv.epoch == epoch:
+                redraw()
+                self._record(conv, len(conv.exchanges), pending, turns, request)
+        if conv.epoch == epoch:
+            yield chats["base"], chats["aligned"], scores_figure(conv.records) if conv.records else None, conv, None
 
-    def regenerate(self, conv: Conversation):
+    def regenerate(self, conv: Conversation, request: gr.Request = None):
+        self.stop(request)  # a turn still streaming ends first (the UI also cancels its event)
         if not conv.exchanges:
             raise gr.Error("Nothing to regenerate yet.")
+        conv.epoch += 1
         last = conv.exchanges.pop()  # the same text and images go again
         conv.records = [r for r in conv.records if r["turn"] <= len(conv.exchanges)]
         shown = user_messages(last.text, last.shown)
@@ -162,8 +180,13 @@ class ChatController:
     def stop(self, request: gr.Request = None):
         self.stops.stop(session_of(request))
 
-    def clear(self):
-        return Conversation(), [], [], None, None
+    def clear(self, conv: Conversation | None = None, request: gr.Request = None):
+        """Empty the conversation in place (a turn still streaming holds it too, and sees the new epoch)."""
+        self.stop(request)  # a turn still streaming ends first (the UI also cancels its event)
+        conv = conv or Conversation()
+        conv.exchanges, conv.records, conv.epoch = [], [], conv.epoch + 1
+        conv.chats = {name: [] for name in COLUMN_NAMES}
+        return conv, [], [], None, None
 
     def audit(self, dataset: str, limit: float, progress: Callable | None = None):
         if self.judge is None:
@@ -174,7 +197,7 @@ class ChatController:
 
         limit = max(1, min(int(limit), self.limits.audit_items))
         items = load_dataset(dataset, limit=limit)
-        out = Path(tempfile.mkdtemp(prefix="saferdemo-audit-"))
+        out = self._audit_folder()
         engines = {name: self.columns[name].engine for name in COLUMN_NAMES}
         report = (lambda done, total: progress(done / total, desc=f"{done}/{total} responses")) if progress else None
         summary = run_audit(engines, self.judge, items, out, AuditConfig(dataset, limit), progress=report)
@@ -203,6 +226,15 @@ class ChatController:
             return load_image(path)
         except InputError as error:
             raise gr.Error(str(error)) from error
+
+    def _audit_folder(self, keep: int = 8) -> Path:
+        """A new folder for an audit's files under the app's media folder; only the newest `keep` are kept
+        (the Audit tab serves the report from there, so the files must outlive the call)."""
+        root = self.media_dir / "audits"
+        root.mkdir(exist_ok=True)
+        for old in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime)[: max(0, len(list(root.iterdir())) - keep + 1)]:
+            shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix="audit-", dir=root))
 
     def _keep(self, path: str) -> str:
         """A copy of an upload in the app's media folder, for the chat to show after Gradio's cache is cleaned."""

@@ -85,9 +85,9 @@ class _ChatTab:
         again = self.regen_btn.click(regenerate, [conv], [pending, conv, *chats], api_name="regenerate").then(
             respond, [pending, conv, *settings], outputs, api_name=False)
         self.stop_btn.click(stop_turn, None, None, cancels=[run, again], api_name="stop")
-        self.clear_btn.click(clear, None, [conv, *chats, self.plot, pending], api_name="clear")
+        self.clear_btn.click(clear, [conv], [conv, *chats, self.plot, pending], cancels=[run, again], api_name="clear")
         for chat in chats:  # each chat's own trash icon clears the whole conversation too (one state for both)
-            chat.clear(clear, None, [conv, *chats, self.plot, pending], api_name=False)
+            chat.clear(clear, [conv], [conv, *chats, self.plot, pending], cancels=[run, again], api_name=False)
 
 
 def _chat_tab(titles) -> _ChatTab:

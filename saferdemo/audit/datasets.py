@@ -56,15 +56,17 @@ class Item:
         return None
 
 
-def load_dataset(name: str, categories: list[str] | None = None, limit: int | None = None) -> list[Item]:
+def load_dataset(name: str, categories: list[str] | None = None, limit: int | None = None,
+                 problems: list[str] | None = None) -> list[Item]:
     """Items of a named dataset or a JSONL path; `categories` filters, `limit` keeps the first N after that.
 
-    Items are ordered so a small `limit` still mixes harmful and benign ones (interleaved by category)."""
+    Items are ordered so a small `limit` still mixes harmful and benign ones (interleaved by category). With a
+    `problems` list, bad JSONL lines are reported there and skipped; without one they are errors."""
     loaders = {"figstep-tiny": _figstep_tiny, "figstep": _figstep, "miniature": lambda: _jsonl(MINIATURE_HELDOUT)}
     if name in loaders:
         items = list(loaders[name]())
     elif Path(name).is_file():
-        items = list(_jsonl(Path(name)))
+        items = list(_jsonl(Path(name), problems))
     else:
         raise ValueError(f"unknown dataset {name!r}: use one of {', '.join(NAMES)} or a JSONL path")
     if categories:
@@ -110,18 +112,36 @@ def _figstep() -> Iterator[Item]:
     yield from _benign_cards()
 
 
-def _jsonl(path: Path) -> Iterator[Item]:
+def _jsonl(path: Path, problems: list[str] | None = None) -> Iterator[Item]:
+    """Items of a JSONL file. A bad line is reported as "path:line: why" in `problems` and skipped (without a
+    `problems` list it is an error): one typo does not sink an audit of thousands of items."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist (the miniature split: python -m training heldout)")
     for number, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
-        row = json.loads(line)
-        missing = [key for key in ("prompt", "category", "harmful") if key not in row]
-        if "image" not in row and "card" not in row:
-            missing.append("image")
-        if missing:
-            raise ValueError(f"{path}:{number}: missing {', '.join(missing)}")
-        yield Item(str(row.get("id", f"{path.stem}-{number}")), row["prompt"], row["category"], bool(row["harmful"]),
-                   image_path=path.parent / row["image"] if "image" in row else None, card=row.get("card"),
-                   reference=row.get("reference"), look_alike=bool(row.get("look_alike", False)))
+        try:
+            yield _item(json.loads(line), path, number)
+        except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+            problem = f"{path}:{number}: {error}" if not str(error).startswith(str(path)) else str(error)
+            if problems is None:
+                raise ValueError(problem) from error
+            problems.append(problem)
+
+
+def _item(row, path: Path, number: int) -> Item:
+    if not isinstance(row, dict):
+        raise ValueError(f"{path}:{number}: expected a JSON object")
+    missing = [key for key in ("prompt", "category", "harmful") if key not in row]
+    if "image" not in row and "card" not in row:
+        missing.append("image")
+    if missing:
+        raise ValueError(f"{path}:{number}: missing {', '.join(missing)}")
+    flags = {key: row.get(key, False) for key in ("harmful", "look_alike")}
+    wrong = [key for key, value in flags.items() if not isinstance(value, bool)]
+    if wrong:  # "false" (a string) would otherwise count as true
+        raise ValueError(f"{path}:{number}: {', '.join(wrong)} must be true or false, got "
+                         f"{', '.join(repr(flags[k]) for k in wrong)}")
+    return Item(str(row.get("id", f"{path.stem}-{number}")), row["prompt"], row["category"], flags["harmful"],
+                image_path=path.parent / row["image"] if "image" in row else None, card=row.get("card"),
+                reference=row.get("reference"), look_alike=flags["look_alike"])

@@ -13,6 +13,7 @@ judge the reasoning span and the answer span on their own, as SafeMLRM does with
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -42,11 +43,58 @@ class AuditConfig:
     span_mode: str = "schema"  # schema | separate
 
 
+class ResumeMismatch(ValueError):
+    """The output folder holds records made with other settings or other models."""
+
+
+# What records depend on: resuming with any of these changed would mix two experiments. (The dataset's limit
+# and categories only choose which items to run, so they may change between runs.)
+RECORD_SETTINGS = ("dataset", "max_new_tokens", "temperature", "seed", "span_mode")
+
+
+def run_settings(models: dict[str, Engine], judge: GRMClient, config: AuditConfig) -> dict:
+    """Everything the records depend on: the decoding settings, each model's fingerprint, the judge's rubric."""
+    return {"settings": {key: getattr(config, key) for key in RECORD_SETTINGS},
+            "models": {name: fingerprint(engine) for name, engine in models.items()},
+            "judge": {"model": fingerprint(judge.engine), "rubric": judge.rubric,
+                      "max_new_tokens": judge.max_new_tokens}}
+
+
+def fingerprint(engine: Engine) -> str:
+    """A short hash that changes when the weights do (a sample of every tensor), or the server and model name."""
+    model = getattr(engine, "model", None)
+    if model is None or not hasattr(model, "state_dict"):
+        return f"{getattr(engine, 'base_url', '')}:{getattr(engine, 'model', None) or engine.name}"
+    digest = hashlib.sha256(getattr(model, "name_or_path", "").encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().flatten()[:64].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def check_resumable(out_dir: Path, wanted: dict) -> None:
+    """Refuse to add to records made with other settings; remember the settings of a new folder."""
+    path = out_dir / "run.json"
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored != wanted:
+            changed = [f"{section}.{key}" for section in wanted for key in
+                       set(wanted[section] or {}) | set(stored.get(section) or {})
+                       if (stored.get(section) or {}).get(key) != (wanted[section] or {}).get(key)]
+            raise ResumeMismatch(f"{out_dir} holds an audit made with other settings ({', '.join(sorted(changed))}); "
+                                 "use another --out folder, or delete it to start again")
+    elif (out_dir / "items.jsonl").exists():
+        raise ResumeMismatch(f"{out_dir} holds records without their settings (run.json); use another --out folder")
+    path.write_text(json.dumps(wanted, indent=2) + "\n")
+
+
 def run_audit(models: dict[str, Engine], judge: GRMClient, items: list[Item], out_dir: str | Path,
               config: AuditConfig, progress=None) -> dict:
-    """Answer, judge and record every (item, model); then summarise. `progress(done, total)` is optional."""
+    """Answer, judge and record every (item, model); then summarise. `progress(done, total)` is optional.
+    Resuming into a folder is refused (ResumeMismatch) when its records were made with other settings."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_resumable(out_dir, run_settings(models, judge, config))
     path = out_dir / "items.jsonl"
     records = _resume(path)
     done = {(r["id"], r["model"]) for r in records}

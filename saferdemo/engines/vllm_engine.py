@@ -98,7 +98,7 @@ def engine_args(model: str, lora_path: str | None, max_model_len: int | None, gp
 
 class VLLMEngine:
     def __init__(self, model: str, processor, name: str | None = None, lora_path: str | None = None,
-                 max_model_len: int | None = None, gpu_memory_utilization: float | None = None, max_images: int = 8,
+                 max_model_len: int | None = None, gpu_memory_utilization: float | None = None, max_images: int = 16,
                  max_pixels: int | None = None):
         reason = vllm_unavailable_reason()
         if reason:
