@@ -121,8 +121,17 @@ def _serve(args, choice, columns, judge, gpu) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # one JSON line per column per turn
     logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines would repeat every URL
     titles = choice.titles()
-    launch(build_app(columns, judge, titles, gpu_decorator=gpu), titles, args.host, args.port)
+    try:
+        launch(build_app(columns, judge, titles, gpu_decorator=gpu), titles, args.host, args.port)
+    except OSError as error:  # a busy port, an address that is not this machine's
+        print(f"saferdemo: cannot serve on {args.host}:{args.port}: {_first_line(error)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _compare(args, columns, judge) -> int:

@@ -128,10 +128,10 @@ def test_unreadable_judge_output_is_shown_not_crashed(shipped):
 
 def test_stop_ends_both_generations_quickly(tmp_path):
     """An untrained tiny model never says EOS, so only Stop ends its 4000-token turn."""
-    from training.miniature import world
+    from training.miniature import truth, world
     from training.miniature.tiny_qwen import TinyQwenConfig, build_tiny_qwen
 
-    model, processor = build_tiny_qwen(tmp_path / "random", world.corpus(world.load_phrases()), TinyQwenConfig())
+    model, processor = build_tiny_qwen(tmp_path / "random", truth.corpus(world.load_phrases()), TinyQwenConfig())
     columns = {name: Column(name, TransformersEngine(model.eval(), processor, name)) for name in ("base", "aligned")}
     demo = build_app(columns, None, {"base": "random", "aligned": "random"})
     try:

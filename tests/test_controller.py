@@ -117,3 +117,11 @@ def test_a_lone_surrogate_is_cleaned_and_the_session_goes_on(controller):
     json.dumps([str(m.content) for m in base + aligned])  # what Gradio sends can be encoded
     turn(controller, conv, "And again.")
     assert len(conv.exchanges) == 2
+
+
+def test_the_prompt_limit_counts_tokens_not_characters(controller):
+    conv = Conversation()
+    emoji = "🙂" * 3000  # within the 4,000-character limit, far beyond 1,024 tokens
+    with pytest.raises(gr.Error, match=r"The message is [\d,]+ tokens long; the limit is 1,024"):
+        controller.submit({"text": emoji, "files": []}, conv)
+    assert conv.exchanges == [] and conv.chats == {"base": [], "aligned": []}

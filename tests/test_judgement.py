@@ -5,8 +5,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from saferdemo.judgement import (
-    FULL_RUBRIC,
     CRITERIA,
+    FULL_RUBRIC,
     PENALTIES,
     Judgement,
     JudgementParseError,

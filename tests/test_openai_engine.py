@@ -90,10 +90,10 @@ def test_side_by_side_turn_with_a_remote_column(mini_base_server):
 
 def test_stop_closes_the_http_stream(tmp_path):
     """An untrained model never stops by itself: only closing the stream ends its 2000-token answer."""
-    from training.miniature import world
+    from training.miniature import truth, world
     from training.miniature.tiny_qwen import TinyQwenConfig, build_tiny_qwen, save_checkpoint
 
-    model, processor = build_tiny_qwen(tmp_path / "random", world.corpus(world.load_phrases()), TinyQwenConfig())
+    model, processor = build_tiny_qwen(tmp_path / "random", truth.corpus(world.load_phrases()), TinyQwenConfig())
     save_checkpoint(model, processor, tmp_path / "random")
     process, url = serve(tmp_path / "random")
     try:

@@ -5,6 +5,7 @@ Every bad input asserts the message the user sees, then that the server still an
 import json
 import logging
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from saferdemo.app.models import ModelChoice, load_models
 from saferdemo.app.session import Column
 from saferdemo.app.ui import Limits, build_app, launch
 from saferdemo.engines.transformers_engine import TransformersEngine
-from training.miniature import world
+from training.miniature import truth, world
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 SETTINGS = (0.0, 1.0, 160, 0.5, False, True)
@@ -166,7 +167,7 @@ def random_columns(tmp_path_factory):
     """Untrained models never say EOS: their turns last until Stop (or max tokens)."""
     from training.miniature.tiny_qwen import TinyQwenConfig, build_tiny_qwen
 
-    model, processor = build_tiny_qwen(tmp_path_factory.mktemp("random"), world.corpus(world.load_phrases()), TinyQwenConfig())
+    model, processor = build_tiny_qwen(tmp_path_factory.mktemp("random"), truth.corpus(world.load_phrases()), TinyQwenConfig())
     return {name: Column(name, TransformersEngine(model.eval(), processor, name)) for name in ("base", "aligned")}
 
 
@@ -254,3 +255,14 @@ def test_eight_users_at_once_each_get_their_own_answers(shipped, tmp_path, caplo
             assert CARD_PROMPT not in json.dumps(entry) and "png" not in json.dumps(entry)
     finally:
         demo.close()
+
+
+def test_a_busy_port_is_a_one_line_message():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "saferdemo.cli", "serve", "--port", str(port), "--grm", "none"],
+                                capture_output=True, text=True, timeout=180)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"saferdemo: cannot serve on 127.0.0.1:{port}" in result.stderr

@@ -9,7 +9,7 @@ from transformers import AutoModelForImageTextToText, AutoTokenizer
 from saferdemo.cards import render_card
 from saferdemo.loading import ImageOnlyQwen2_5_VLProcessor, has_torchvision, load_processor
 from saferdemo.prompts import user_turn
-from training.miniature import world
+from training.miniature import truth, world
 from training.miniature.tiny_qwen import TinyQwenConfig, build_tiny_qwen
 
 TINY = TinyQwenConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1, intermediate_size=64,
@@ -19,7 +19,7 @@ TINY = TinyQwenConfig(hidden_size=32, num_layers=1, num_heads=2, num_kv_heads=1,
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny")
-    build_tiny_qwen(path, world.corpus(world.load_phrases()), TINY)
+    build_tiny_qwen(path, truth.corpus(world.load_phrases()), TINY)
     return path
 
 

@@ -35,6 +35,9 @@ COLUMN_NAMES = ("base", "aligned")
 @dataclass
 class Limits:
     prompt_chars: int = 4000
+    # Tokens, not characters, are what fill a context: 4,000 emoji are ~16,000 tokens. Counted with each local
+    # column's own tokenizer.
+    prompt_tokens: int = 1024
     images_per_turn: int = 4
     # Every earlier image goes to the models again each turn; vLLM is started with this as its per-prompt limit.
     images_per_conversation: int = 16
@@ -211,6 +214,10 @@ class ChatController:
             raise gr.Error("Type a message (and attach a card image if you like).")
         if len(text) > limits.prompt_chars:
             raise gr.Error(f"The message is {len(text):,} characters; the limit is {limits.prompt_chars:,}.")
+        tokens = self._prompt_tokens(text)
+        if tokens > limits.prompt_tokens:
+            raise gr.Error(f"The message is {tokens:,} tokens long; the limit is {limits.prompt_tokens:,}. "
+                           "Shorten it and try again.")
         if len(paths) > limits.images_per_turn:
             raise gr.Error(f"{len(paths)} images attached; the limit is {limits.images_per_turn} per message.")
         held = sum(len(exchange.images) for exchange in conv.exchanges)
@@ -219,6 +226,17 @@ class ChatController:
                            f"{limits.images_per_conversation}. Press Clear to start a new one.")
         if len(conv.exchanges) >= limits.turns:
             raise gr.Error(f"This conversation has reached {limits.turns} turns. Press Clear to start a new one.")
+
+    def _prompt_tokens(self, text: str) -> int:
+        """The message's length in tokens for the column that counts it longest (0 for remote columns)."""
+        counts = [len(tokenizer(text, add_special_tokens=False)["input_ids"])
+                  for tokenizer in self._tokenizers]
+        return max(counts, default=0)
+
+    @property
+    def _tokenizers(self) -> list:
+        processors = [getattr(column.engine, "processor", None) for column in self.columns.values()]
+        return [getattr(p, "tokenizer", p) for p in processors if p is not None]
 
     @staticmethod
     def _open(path: str) -> Image.Image:
