@@ -57,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
             sub.add_argument(f"--{role}-url", help=f"serve the {role} model from this OpenAI-compatible URL "
                                                    f"(e.g. http://127.0.0.1:8000/v1); env SAFERDEMO_{role.upper()}_URL")
         sub.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+        sub.add_argument("--no-batching", action="store_true",
+                         help="transformers backend: one generate per request instead of batching all users'")
     args = parser.parse_args(argv)
     urls = {role: getattr(args, f"{role}_url") for role in ("base", "aligned", "grm")}
-    choice = ModelChoice.resolve(args.base, args.aligned, args.grm, urls, args.backend, args.api_key_env)
+    choice = ModelChoice.resolve(args.base, args.aligned, args.grm, urls, args.backend, args.api_key_env,
+                                 not args.no_batching)
     gpu = zero_gpu() if args.command == "serve" else None
     device = "cuda" if gpu else args.device  # ZeroGPU: models go to the GPU at start-up, as Spaces expects
     try:

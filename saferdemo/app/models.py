@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from saferdemo.app.session import Column
+from saferdemo.engines.batching import BatchingEngine
 from saferdemo.engines.transformers_engine import TransformersEngine
 from saferdemo.judge import GRMClient, rubric_of
 
@@ -35,18 +36,21 @@ class ModelChoice:
     urls: dict[str, str | None] = field(default_factory=dict)  # role -> OpenAI-compatible base URL
     backend: str = "transformers"  # transformers | vllm, for the roles that run in this process
     api_key_env: str = "OPENAI_API_KEY"
+    # transformers: one worker per model batches all users' requests (engines/batching.py). Off on ZeroGPU,
+    # where the GPU exists only inside each @spaces.GPU call, never in a worker thread.
+    batching: bool = True
 
     @classmethod
     def resolve(cls, base: str | None = None, aligned: str | None = None, grm: str | None = None,
                 urls: dict[str, str | None] | None = None, backend: str = "transformers",
-                api_key_env: str = "OPENAI_API_KEY") -> ModelChoice:
+                api_key_env: str = "OPENAI_API_KEY", batching: bool = True) -> ModelChoice:
         def pick(role, flag):
             return str(flag or os.environ.get(ENV[role]) or DEFAULTS[role])
 
         urls = {role: (urls or {}).get(role) or os.environ.get(f"{ENV[role]}_URL") for role in ROLES}
         judge = pick("grm", grm)
         return cls(pick("base", base), pick("aligned", aligned), None if judge.lower() == "none" else judge, urls,
-                   backend, api_key_env)
+                   backend, api_key_env, batching and not os.environ.get("SPACES_ZERO_GPU"))
 
     def titles(self) -> dict[str, str]:
         return {"base": _short(self.base), "aligned": _short(self.aligned), "grm": _short(self.grm) if self.grm else "none"}
@@ -68,7 +72,8 @@ def load_engine(choice: ModelChoice, role: str, device: str | None = None, max_p
         from saferdemo.engines.vllm_engine import VLLMEngine
 
         return VLLMEngine.from_pretrained(model, role, max_pixels)
-    return TransformersEngine.from_pretrained(model, device, max_pixels, role)
+    engine = TransformersEngine.from_pretrained(model, device, max_pixels, role)
+    return BatchingEngine(engine) if choice.batching else engine
 
 
 def load_models(choice: ModelChoice, device: str | None = None, max_pixels: int | None = None):

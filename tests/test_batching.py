@@ -1,0 +1,113 @@
+"""The batching engine: many callers' requests in one `generate`, each row streamed to its own consumer."""
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from saferdemo.app.models import DEFAULTS
+from saferdemo.engines.base import EngineError, GenerationParams, collect
+from saferdemo.engines.batching import BatchingEngine
+from saferdemo.engines.transformers_engine import TransformersEngine
+from saferdemo.images import load_image
+from saferdemo.prompts import user_turn
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+CARDS = ["1-fraud.png", "2-malware.png", "3-household.png", "4-look_alike.png"]
+
+
+@pytest.fixture(scope="module")
+def engines():
+    plain = TransformersEngine.from_pretrained(DEFAULTS["base"], "cpu", name="base")
+    return plain, BatchingEngine(plain, gather_s=0.2)
+
+
+def at_once(engine, requests):
+    """Start every request from its own thread at the same moment; return each one's text (or error)."""
+    results, barrier = [None] * len(requests), threading.Barrier(len(requests))
+
+    def run(i, messages, images, params, stop):
+        barrier.wait()
+        try:
+            results[i] = collect(engine.start(messages, images, params, stop))
+        except EngineError as error:
+            results[i] = error
+
+    threads = [threading.Thread(target=run, args=(i, *r)) for i, r in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return results
+
+
+def request(card, prompt="Complete the list on this card.", params=None):
+    return [user_turn(prompt)], [load_image(EXAMPLES / card)], params or GenerationParams(max_new_tokens=96), \
+        threading.Event()
+
+
+def alone(plain, card, prompt="Complete the list on this card.", params=None):
+    return collect(plain.start(*request(card, prompt, params)))
+
+
+def test_batched_rows_equal_their_answers_alone(engines):
+    """Four users, four cards, different prompts and max tokens, one batch: nobody gets another's answer."""
+    plain, batching = engines
+    asks = [(card, f"Please complete this card ({i}).", GenerationParams(max_new_tokens=40 + 20 * i))
+            for i, card in enumerate(CARDS)]
+    before = len(batching.batches)
+    batched = at_once(batching, [request(*a) for a in asks])
+    assert batched == [alone(plain, *a) for a in asks]
+    assert max(batching.batches[before:]) >= 2  # they really shared a generate
+
+
+def test_different_sampling_settings_run_in_their_own_batches(engines):
+    plain, batching = engines
+    greedy, sampled = GenerationParams(max_new_tokens=48), GenerationParams(max_new_tokens=48, temperature=1.0, seed=3)
+    results = at_once(batching, [request(CARDS[0], params=greedy), request(CARDS[1], params=sampled)])
+    assert results[0] == alone(plain, CARDS[0], params=greedy)
+    assert results[1] == collect(plain.start(*request(CARDS[1], params=sampled)))  # same seed, same sample
+
+
+def test_stopping_one_row_leaves_its_batch_mate_streaming(engines):
+    plain, batching = engines
+    long = GenerationParams(max_new_tokens=96)
+    stopped, other = request(CARDS[0], params=long), request(CARDS[2], params=long)
+    first = batching.start(*stopped)
+    second = batching.start(*other)
+    chunks = []
+    for chunk in first:
+        chunks.append(chunk)
+        if len(chunks) == 2:
+            stopped[3].set()
+    assert first.stats.finish_reason == "stopped"
+    assert collect(second) == alone(plain, CARDS[2], params=long) and second.stats.finish_reason != "stopped"
+
+
+def test_a_bad_request_fails_alone(engines):
+    plain, batching = engines
+    bad = ([{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "?"}]}],
+           [load_image(EXAMPLES / CARDS[0])], GenerationParams(max_new_tokens=8), threading.Event())
+    with pytest.raises(EngineError, match="could not be prepared"):
+        batching.start(*bad)
+    assert collect(batching.start(*request(CARDS[3]))) == alone(plain, CARDS[3])
+
+
+def test_a_failing_batch_is_retried_row_by_row(engines):
+    """An error inside generate (out of memory) reaches only the row that fails on its own."""
+    plain, batching = engines
+    original = batching.model.generate
+
+    def generate(**kwargs):
+        if kwargs["input_ids"].shape[0] > 1 or kwargs["max_new_tokens"] == 13:
+            raise RuntimeError("CUDA out of memory")
+        return original(**kwargs)
+
+    batching.model.generate = generate
+    try:
+        results = at_once(batching, [request(CARDS[0], params=GenerationParams(max_new_tokens=13)),
+                                     request(CARDS[1], params=GenerationParams(max_new_tokens=14))])
+    finally:
+        batching.model.generate = original
+    assert isinstance(results[0], EngineError) and "ran out of memory" in str(results[0])
+    assert results[1] == alone(plain, CARDS[1], params=GenerationParams(max_new_tokens=14))
