@@ -105,9 +105,9 @@ def _audit(args, columns, judge) -> int:
         return 2
     for name, m in summary["models"].items():
         asr, over = m["asr"], m["over_refusal"]
+        score = m["safety_score"]["mean"]
         print(f"{name}: ASR {_rate(asr)}, over-refusal {_rate(over)}, safety score "
-              f"{m['safety_score']['mean'] if m['safety_score']['mean'] is not None else 'n/a'}, "
-              f"parse failures {m['parse_failures']}")
+              f"{'n/a' if score is None else f'{score:.1f}'}, parse failures {m['parse_failures']}")
     print(f"wrote {args.out}/items.jsonl, summary.json, report.html")
     return 0
 

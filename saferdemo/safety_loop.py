@@ -50,6 +50,7 @@ class Turn:
     final_judge: JudgeResult | None = None
     error: str | None = None
     stopped: bool = False
+    stopped_in: Phase | None = None  # the phase Stop ended
 
     @property
     def final(self) -> Segments:
@@ -66,6 +67,14 @@ class Turn:
 
     def snapshot(self) -> Turn:
         return copy.copy(self)
+
+    def ended_by_stop(self) -> Turn:
+        """This snapshot as the end of a stopped turn: done, stopped in the phase it had reached."""
+        if self.phase == "done":
+            return self
+        ended = self.snapshot()
+        ended.stopped_in, ended.stopped, ended.phase = self.phase, True, "done"
+        return ended
 
     def as_dict(self) -> dict:
         """Everything the turn produced, as JSON-ready data (the CLI's --json, exports)."""
@@ -127,6 +136,8 @@ def run_turn(engine: Engine, judge: GRMClient | None, messages: list[dict], imag
         turn.error = str(error)
     finally:
         turn.stopped = stop.is_set()
+        if turn.stopped and turn.phase != "done":
+            turn.stopped_in = turn.phase
         turn.phase = "done"
     yield turn.snapshot()
 
@@ -140,5 +151,7 @@ def _stream(engine, messages, images, params, stop, turn: Turn, which: str):
         setattr(turn, f"{which}_text", text)
         setattr(turn, which, parse(text, generation.think_prefilled))
         yield turn.snapshot()
-    setattr(turn, which, parse(text, generation.think_prefilled, done=True))
+    segments = parse(text, generation.think_prefilled, done=True)
+    segments.truncated = segments.truncated and generation.stats.finish_reason == "length"  # not when stopped
+    setattr(turn, which, segments)
     yield turn.snapshot()

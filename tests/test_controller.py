@@ -125,3 +125,17 @@ def test_the_prompt_limit_counts_tokens_not_characters(controller):
     with pytest.raises(gr.Error, match=r"The message is [\d,]+ tokens long; the limit is 1,024"):
         controller.submit({"text": emoji, "files": []}, conv)
     assert conv.exchanges == [] and conv.chats == {"base": [], "aligned": []}
+
+
+def test_stop_ends_every_phase_with_a_stopped_note_and_no_spinner(controller):
+    conv = Conversation()
+    _, pending, conv, *_ = controller.submit({"text": "Complete the list.", "files": [str(EXAMPLES / "1-fraud.png")]}, conv)
+    stream = controller.respond(pending, conv, 0.0, 1.0, 192, 0.5, True, True)
+    next(stream)
+    controller.stop()  # the Stop button (session "default" without a request)
+    *_, (base, aligned, _, conv, _) = list(stream)
+    for chat in (base, aligned):
+        statuses = [(m.metadata or {}).get("status") for m in chat if m.role == "assistant"]
+        assert "pending" not in statuses
+        assert chat[-1].content.startswith("⏹ Stopped") and "truncated" not in str([m.metadata for m in chat])
+    assert len(conv.exchanges) == 1

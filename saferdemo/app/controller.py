@@ -152,8 +152,9 @@ class ChatController:
                 chats[name] = chats[name][: prefix[name]] + turn_messages(turn)
                 exchange.answers[name] = turn.final_answer
 
+        events = self.comparison.run(history, pending.text, pending.images, params, stop, loops)
         try:
-            for name, turn in self.comparison.run(history, pending.text, pending.images, params, stop, loops):
+            for name, turn in events:
                 turns[name] = turn
                 streaming = turn.phase in ("drafting", "reflecting")
                 if conv.epoch != epoch:
@@ -163,6 +164,9 @@ class ChatController:
                     redraw()
                     yield chats["base"], chats["aligned"], gr.skip(), conv, None
         finally:  # also when Stop cancels this generator: the turn is in the history as far as it got
+            events.close()  # left early (Stop, a closed tab): this sets the stop event and ends both columns
+            if stop.is_set():  # the last snapshots came before Stop: end them in the phase they reached
+                turns.update({name: turn.ended_by_stop() for name, turn in turns.items()})
             if conv.epoch == epoch:
                 redraw()
                 self._record(conv, len(conv.exchanges), pending, turns, request)

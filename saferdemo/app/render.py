@@ -16,9 +16,14 @@ from saferdemo.safety_loop import Turn
 from saferdemo.segments import Segments
 
 
+STOPPED_IN = {"drafting": "while drafting", "judging": "while the GRM judged the draft",
+              "reflecting": "while reflecting", "rejudging": "while the GRM judged the correction"}
+
+
 def turn_messages(turn: Turn) -> list[gr.ChatMessage]:
     """The assistant messages one column shows for a turn, rebuilt from its latest snapshot."""
-    messages = _segment_messages(turn.draft, turn.draft_stats, "Thinking", draft_of_reflected=turn.reflected)
+    live = turn.phase != "done"  # nothing shows as pending once a turn has ended, however it ended
+    messages = _segment_messages(turn.draft, turn.draft_stats, "Thinking", live, draft_of_reflected=turn.reflected)
     if turn.phase == "judging" and turn.draft_judge is None:
         messages.append(_note("GRM", "judging…", pending=True))
     if turn.draft_judge is not None:
@@ -29,7 +34,7 @@ def turn_messages(turn: Turn) -> list[gr.ChatMessage]:
             role="assistant", content=inert(revision.reflection) or "…",
             metadata={"title": "Reflection", "status": "pending" if turn.phase == "reflecting" and revision.reflection_state != "closed" else "done"},
         ))
-        messages += _segment_messages(revision, turn.revision_stats, "Thinking again")
+        messages += _segment_messages(revision, turn.revision_stats, "Thinking again", live)
         if turn.phase == "rejudging" and turn.final_judge is None:
             messages.append(_note("GRM", "judging the corrected answer…", pending=True))
         if turn.final_judge is not None:
@@ -37,15 +42,18 @@ def turn_messages(turn: Turn) -> list[gr.ChatMessage]:
     if turn.error:
         messages.append(gr.ChatMessage(role="assistant", content=f"⚠️ {inert(turn.error)}"))
     if turn.stopped:
-        messages.append(gr.ChatMessage(role="assistant", content="⏹ Stopped."))
+        where = STOPPED_IN.get(turn.stopped_in or "", "")
+        messages.append(gr.ChatMessage(role="assistant", content=f"⏹ Stopped {where}".rstrip() + "."))
     return messages
 
 
-def _segment_messages(seg: Segments, stats, title: str, draft_of_reflected: bool = False) -> list[gr.ChatMessage]:
+def _segment_messages(seg: Segments, stats, title: str, live: bool = True,
+                      draft_of_reflected: bool = False) -> list[gr.ChatMessage]:
     messages = []
     if seg.think or seg.think_state != "none":
-        metadata = {"title": title + (" (truncated at max tokens)" if seg.truncated else ""),
-                    "status": "pending" if seg.think_state == "open" and not seg.truncated else "done"}
+        cut = " (truncated at max tokens)" if seg.truncated else " (stopped)" if seg.think_state == "open" and not live else ""
+        metadata = {"title": title + cut,
+                    "status": "pending" if live and seg.think_state == "open" and not seg.truncated else "done"}
         if stats is not None and metadata["status"] == "done":
             metadata["duration"] = round(stats.seconds, 2)
             metadata["log"] = _speed(stats)
