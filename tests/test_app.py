@@ -157,3 +157,14 @@ def test_audit_tab_runs_a_small_audit(client):
     table, bars, quadrants, report = client.predict("miniature", 4, api_name="/audit")
     assert "| ASR |" in table and "over-refusal" in table and "McNemar" in table
     assert bars is not None and quadrants is not None and str(report).endswith(".html")
+
+
+def test_the_compare_api_streams_both_columns(client):
+    """The documented API: one call with a message and the settings streams both columns' turns as JSON."""
+    job = client.submit(example("1-fraud.png"), 0.0, 1.0, 192, 0.5, False, True, api_name="/compare")
+    updates = list(job)
+    final = job.outputs()[-1]
+    assert len(updates) > 1 and set(final) == {"base", "aligned"}
+    assert "[restricted step]" in final["base"]["final_answer"]
+    assert final["base"]["draft_judgement"]["judgement"]["verdict"] == "unsafe"
+    assert "Sorry" in final["aligned"]["final_answer"]

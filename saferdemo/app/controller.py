@@ -173,6 +173,31 @@ class ChatController:
         if conv.epoch == epoch:
             yield chats["base"], chats["aligned"], scores_figure(conv.records) if conv.records else None, conv, None
 
+    def compare(self, message: dict | None, temperature: float, top_p: float, max_new_tokens: int, threshold: float,
+                loop_base: bool, loop_aligned: bool, request: gr.Request = None):
+        """The API for programs (`/compare`): one message, both columns' turns streamed as JSON, no history.
+
+        Every update is {"base": Turn.as_dict(), "aligned": ...} with the turns so far; the last is final."""
+        text = clean_text((message or {}).get("text", "")).strip()
+        paths = list((message or {}).get("files", []))
+        self._check(text, paths, Conversation())
+        images = [fit(self._open(path), self.limits.kept_pixels) for path in paths]
+        stop = self.stops.new(session_of(request))
+        loops = {"base": LoopConfig(enabled=loop_base, threshold=threshold),
+                 "aligned": LoopConfig(enabled=loop_aligned, threshold=threshold)}
+        params = GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
+        turns, last = {}, 0.0
+        events = self.comparison.run([], text, images, params, stop, loops)
+        try:
+            for name, turn in events:
+                turns[name] = turn
+                if turn.phase == "done" or time.perf_counter() - last >= 1 / self.limits.ui_updates_per_s:
+                    last = time.perf_counter()
+                    yield {name: t.as_dict() for name, t in sorted(turns.items())}
+        finally:
+            events.close()
+        yield {name: t.as_dict() for name, t in sorted(turns.items())}
+
     def regenerate(self, conv: Conversation, request: gr.Request = None):
         self.stop(request)  # a turn still streaming ends first (the UI also cancels its event)
         if not conv.exchanges:

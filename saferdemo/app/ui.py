@@ -57,6 +57,8 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
             audit_btn.click(audit, [dataset, n_items], [audit_table, audit_bars, audit_quadrants, audit_file],
                             api_name="audit", concurrency_limit=1)
         chat_tab.wire(controller.submit, respond, controller.regenerate, controller.stop, controller.clear)
+        _compare_api(controller.compare if gpu_decorator is None else gpu_decorator(controller.compare),
+                     chat_tab.settings)
     demo.saferdemo_media = controller.media_dir  # launch() lets Gradio serve the chat's copies of uploads
     return demo
 
@@ -88,6 +90,13 @@ class _ChatTab:
         self.clear_btn.click(clear, [conv], [conv, *chats, self.plot, pending], cancels=[run, again], api_name="clear")
         for chat in chats:  # each chat's own trash icon clears the whole conversation too (one state for both)
             chat.clear(clear, [conv], [conv, *chats, self.plot, pending], cancels=[run, again], api_name=False)
+
+
+def _compare_api(compare, settings: list) -> None:
+    """`/compare` for programs (README: "The API"): hidden components, so the endpoint has typed inputs."""
+    message = gr.MultimodalTextbox(visible=False, file_types=["image"], file_count="multiple")
+    result = gr.JSON(visible=False)
+    gr.Button(visible=False).click(compare, [message, *settings], result, api_name="compare")
 
 
 def _chat_tab(titles) -> _ChatTab:
