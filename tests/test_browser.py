@@ -99,3 +99,13 @@ def test_injected_script_does_not_run(page):
     time.sleep(1)
     assert page.evaluate("window.__xss") is None
     assert column(page, "base").locator("img[src*='127.0.0.1:9']").count() == 0
+
+
+def test_an_input_mistake_is_a_toast_not_error_badges(page):
+    page.fill("#prompt textarea", "   ")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(".toast-body, .toast-wrap", timeout=10_000)  # the message
+    time.sleep(1)
+    for name in ("base", "aligned"):
+        assert "error" not in column(page, name).inner_text().lower()
+    assert "error" not in page.locator("#prompt").inner_text().lower()

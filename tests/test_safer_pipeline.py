@@ -13,10 +13,12 @@ from training.miniature import world
 from training.safer import load_prompts
 
 
-def write_prompt_pool(folder, n=4):
+def write_prompt_pool(folder, n=4, benign_kind="look_alike"):
     rng = random.Random(0)
     phrases = world.load_phrases()
-    chosen = [p for p in phrases if p.harmful][:n // 2] + [p for p in phrases if p.look_alike][:n - n // 2]
+    benign = [p for p in phrases if p.look_alike] if benign_kind == "look_alike" else \
+        [p for p in phrases if not p.harmful and not p.look_alike]
+    chosen = [p for p in phrases if p.harmful][:n // 2] + benign[:n - n // 2]
     (folder / "cards").mkdir()
     lines = []
     for index, p in enumerate(chosen):
@@ -27,15 +29,15 @@ def write_prompt_pool(folder, n=4):
     return folder / "prompts.jsonl"
 
 
-def write_recipe(folder):
+def write_recipe(folder, pool=None, completion_tokens=32):
     """A smoke-size recipe on the shipped miniature models and a four-card prompt pool."""
     recipe = {
         "policy": "assets/models/mini-base",
         "judge": {"model": "assets/models/mini-grm", "max_new_tokens": 200},
-        "prompts": str(write_prompt_pool(folder)),
+        "prompts": str(pool or write_prompt_pool(folder)),
         # A box that keeps every prompt, so the tiny pool always reaches GRPO.
         "curation": {"samples": 2, "mean_low": 0.0, "mean_high": 1.0, "std_min": 0.0, "max_new_tokens": 64},
-        "grpo": {"steps": 2, "num_generations": 2, "prompts_per_step": 1, "max_completion_length": 32,
+        "grpo": {"steps": 2, "num_generations": 2, "prompts_per_step": 1, "max_completion_length": completion_tokens,
                  "reflection_budget": 16, "beta": 0.04},
     }
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
@@ -63,8 +65,14 @@ def test_prompt_pool_errors_name_the_line(tmp_path):
 
 
 def test_two_process_grpo_under_accelerate(tmp_path):
-    """Two real processes (torchrun under `accelerate launch`, gloo on a CPU-only host) train one model."""
-    write_recipe(tmp_path)
+    """Two real processes (torchrun under `accelerate launch`, gloo on a CPU-only host) train one model.
+
+    The pool is one harmful card and one everyday card, one prompt per process per step: in every step one
+    process holds the harmful card (mini-base complies, the GRM flags it, it reflects) and the other the benign
+    one (nothing flagged). The run finishing is the test that a process with no flagged draft still joins the
+    collectives of the reflection step."""
+    # 96 tokens: long enough for mini-base to reach its (stylised) compliance, which the GRM flags.
+    write_recipe(tmp_path, write_prompt_pool(tmp_path, n=2, benign_kind="everyday"), completion_tokens=96)
     command = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "training", "safer",
                "--recipe", str(tmp_path / "recipe.yaml"), "--out", str(tmp_path / "out")]
@@ -72,7 +80,8 @@ def test_two_process_grpo_under_accelerate(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["processes"] == 2 and report["backend"] == "gloo"
-    # Each process rolled out its own share: twice the drafts of the one-process run, same kind of result.
     assert [p["drafts"] for p in report["rollouts_per_process"]] == [4, 4] and report["rollouts"]["drafts"] == 8
-    assert len(report["reward_curve"]) == 2
+    steps = list(zip(*report["rollout_steps_per_process"]))  # per step: (process 0, process 1)
+    assert any(min(s["flagged"] for s in step) == 0 < max(s["flagged"] for s in step) for step in steps), steps
+    assert report["rollouts"]["reflected"] > 0 and len(report["reward_curve"]) == 2
     assert load_model(tmp_path / "out" / "model").config.model_type == "qwen2_5_vl"

@@ -80,6 +80,7 @@ def curate_and_train(policy_path: str | Path, judge: GRMClient, candidates: list
     trainer, log = train_safer(policy, processor, judge, curated_dataset(curated.parent, rows), method.grpo,
                                str(out_dir / "grpo-run"), method.reward)
     per_process = gather_object([log.totals()])  # every process rolled out its own share of each batch
+    steps_per_process = gather_object([log.steps])
     save_merged(trainer, processor, model_dir, dtype)
     timings["grpo"] = time.perf_counter() - t
     if not state.is_main_process:
@@ -89,7 +90,7 @@ def curate_and_train(policy_path: str | Path, judge: GRMClient, candidates: list
         "processes": state.num_processes, "backend": str(state.backend), "curation": stats,
         "curated_prompts": len(rows),
         "rollouts": {key: sum(totals[key] for totals in per_process) for key in per_process[0]},
-        "rollouts_per_process": per_process, "rollout_steps": log.steps,
+        "rollouts_per_process": per_process, "rollout_steps": log.steps, "rollout_steps_per_process": steps_per_process,
         "reward_curve": [_round(h["reward"]) for h in trainer.state.log_history if "reward" in h],
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
     }

@@ -71,6 +71,7 @@ class Pending:
     text: str
     images: list[Image.Image]
     shown: list[str]
+    epoch: int = 0  # the conversation's epoch when submitted: after a Clear, the message is not answered
 
 
 class StopRegistry:
@@ -114,6 +115,19 @@ class ChatController:
 
     # ---------------------------------------------------------------- events
 
+    def check(self, message: dict | None, conv: Conversation) -> None:
+        """Raise gr.Error if the message would be refused (the UI runs this first, with no outputs, so a
+        mistake is a toast and leaves the chats and the textbox as they were)."""
+        text = clean_text((message or {}).get("text", "")).strip()
+        paths = list((message or {}).get("files", []))
+        self._check(text, paths, conv)
+        for path in paths:
+            self._open(path)
+
+    def check_regenerate(self, conv: Conversation) -> None:
+        if not conv.exchanges:
+            raise gr.Error("Nothing to regenerate yet.")
+
     def submit(self, message: dict | None, conv: Conversation):
         """Check the message, decode its images once, echo it in both chats; `respond` answers it."""
         text = clean_text((message or {}).get("text", "")).strip()
@@ -121,7 +135,7 @@ class ChatController:
         self._check(text, paths, conv)
         # Decoded once, at the size kept; a bad file is refused now, before it enters the history.
         images = [fit(self._open(path), self.limits.kept_pixels) for path in paths]
-        pending = Pending(text, images, [self._keep(path) for path in paths])
+        pending = Pending(text, images, [self._keep(path) for path in paths], conv.epoch)
         shown = user_messages(text, pending.shown)
         for chat in conv.chats.values():
             chat += shown
@@ -131,7 +145,7 @@ class ChatController:
                 max_new_tokens: int, threshold: float, loop_base: bool, loop_aligned: bool,
                 request: gr.Request = None):
         """Stream both columns' turns into the chats; the turn enters the history however it ends."""
-        if not pending:
+        if not pending or pending.epoch != conv.epoch:  # nothing to answer, or Clear came in between
             return
         stop = self.stops.new(session_of(request))
         loops = {"base": LoopConfig(enabled=loop_base, threshold=threshold),
@@ -207,7 +221,7 @@ class ChatController:
         conv.records = [r for r in conv.records if r["turn"] <= len(conv.exchanges)]
         shown = user_messages(last.text, last.shown)
         conv.chats = {name: cut_last_turn(chat) + shown for name, chat in conv.chats.items()}
-        return Pending(last.text, last.images, last.shown), conv, *conv.chats.values()
+        return Pending(last.text, last.images, last.shown, conv.epoch), conv, *conv.chats.values()
 
     def stop(self, request: gr.Request = None):
         self.stops.stop(session_of(request))

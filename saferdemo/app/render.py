@@ -15,7 +15,6 @@ from saferdemo.judge import JudgeResult
 from saferdemo.safety_loop import Turn
 from saferdemo.segments import Segments
 
-
 STOPPED_IN = {"drafting": "while drafting", "judging": "while the GRM judged the draft",
               "reflecting": "while reflecting", "rejudging": "while the GRM judged the correction"}
 

@@ -26,14 +26,11 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
     """columns: {"base": Column, "aligned": Column}; judge: a GRMClient or None; titles: what each column shows."""
     controller = ChatController(columns, judge, titles, limits)
     limits = controller.limits
-    respond = controller.respond
-    if gpu_decorator is not None:  # ZeroGPU: hold a GPU only while a turn (or an audit) runs
-        respond = gpu_decorator(respond)
 
     def audit(dataset: str, limit: float, progress=gr.Progress()):  # noqa: B008 (Gradio injects progress)
         return controller.audit(dataset, limit, progress)
 
-    if gpu_decorator is not None:
+    if gpu_decorator is not None:  # ZeroGPU: hold a GPU only while a turn, an audit or an API call runs
         audit = gpu_decorator(audit)
 
     # Uploaded files live in Gradio's cache; files older than an hour are deleted every hour.
@@ -56,7 +53,8 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
             audit_file = gr.File(label="full report (HTML)")
             audit_btn.click(audit, [dataset, n_items], [audit_table, audit_bars, audit_quadrants, audit_file],
                             api_name="audit", concurrency_limit=1)
-        chat_tab.wire(controller.submit, respond, controller.regenerate, controller.stop, controller.clear)
+        chat_tab.gpu = gpu_decorator
+        chat_tab.wire(controller)
         _compare_api(controller.compare if gpu_decorator is None else gpu_decorator(controller.compare),
                      chat_tab.settings)
     demo.saferdemo_media = controller.media_dir  # launch() lets Gradio serve the chat's copies of uploads
@@ -77,19 +75,29 @@ class _ChatTab:
     clear_btn: gr.Button
     settings: list
     plot: gr.Plot
+    gpu: object = None  # ZeroGPU's decorator, or None
 
-    def wire(self, submit, respond, regenerate, stop_turn, clear):
+    def wire(self, controller):
         conv, pending, settings = self.conv, self.pending, self.settings
         outputs = [self.chat_base, self.chat_aligned, self.plot, conv, pending]
         chats = [self.chat_base, self.chat_aligned]
-        run = self.box.submit(submit, [self.box, conv], [self.box, pending, conv, *chats], api_name="submit").then(
-            respond, [pending, conv, *settings], outputs, api_name="respond")
-        again = self.regen_btn.click(regenerate, [conv], [pending, conv, *chats], api_name="regenerate").then(
-            respond, [pending, conv, *settings], outputs, api_name=False)
-        self.stop_btn.click(stop_turn, None, None, cancels=[run, again], api_name="stop")
-        self.clear_btn.click(clear, [conv], [conv, *chats, self.plot, pending], cancels=[run, again], api_name="clear")
+        respond = controller.respond if self.gpu is None else self.gpu(controller.respond)
+        # Each action is checked first by an event with no outputs: a mistake is a toast only, and no "Error"
+        # badge covers the chats or the textbox. /submit and /regenerate still refuse bad input for programs.
+        checked = self.box.submit(controller.check, [self.box, conv], None, api_name=False)
+        echoed = checked.success(controller.submit, [self.box, conv], [self.box, pending, conv, *chats],
+                                 api_name="submit")
+        run = echoed.then(respond, [pending, conv, *settings], outputs, api_name="respond")
+        regen_checked = self.regen_btn.click(controller.check_regenerate, [conv], None, api_name=False)
+        regen = regen_checked.success(controller.regenerate, [conv], [pending, conv, *chats], api_name="regenerate")
+        again = regen.then(respond, [pending, conv, *settings], outputs, api_name=False)
+        # Stop and Clear cancel every step of a turn still on its way, not only the one running now.
+        turn_events = [checked, echoed, run, regen_checked, regen, again]
+        self.stop_btn.click(controller.stop, None, None, cancels=turn_events, api_name="stop")
+        clear = [controller.clear, [conv], [conv, *chats, self.plot, pending]]
+        self.clear_btn.click(*clear, cancels=turn_events, api_name="clear")
         for chat in chats:  # each chat's own trash icon clears the whole conversation too (one state for both)
-            chat.clear(clear, [conv], [conv, *chats, self.plot, pending], cancels=[run, again], api_name=False)
+            chat.clear(*clear, cancels=turn_events, api_name=False)
 
 
 def _compare_api(compare, settings: list) -> None:
