@@ -13,8 +13,9 @@ COLOURS = {"base": "#d9534f", "aligned": "#2b8a3e"}
 def scores_figure(records: list[dict]) -> go.Figure:
     """records: {"turn", "column", "stage" (draft|final), "reward", "penalties"} for every judgement made.
 
-    Left: penalties of the latest turn per column and stage (lower bars = worse). Right: each column's final
-    reward per turn. Columns not named in COLOURS get plotly's default colours.
+    Left: penalties of the latest turn per column and stage (lower bars = worse). Right: each column's reward
+    per turn, the draft's (dotted) and, when the turn was reflected, the corrected one's (solid), so the gain
+    from reflection shows. Columns not named in COLOURS get plotly's default colours.
     """
     fig = make_subplots(rows=1, cols=2, column_widths=[0.6, 0.4],
                         subplot_titles=("GRM penalties, latest turn (0 = none)", "GRM reward per turn"))
@@ -26,21 +27,20 @@ def scores_figure(records: list[dict]) -> go.Figure:
             marker_pattern_shape="/" if record["stage"] == "draft" else "", legendgroup=record["column"],
             hovertemplate="%{x}: %{y}<extra>" + f"{record['column']} {record['stage']}, reward {record['reward']:.2f}</extra>",
         ), row=1, col=1)
-    for column in dict.fromkeys(r["column"] for r in records):
-        finals = _final_per_turn([r for r in records if r["column"] == column])
-        fig.add_trace(go.Scatter(x=list(finals), y=list(finals.values()), mode="lines+markers", name=f"{column} reward",
-                                 line_color=COLOURS.get(column), legendgroup=column, showlegend=False), row=1, col=2)
+    for offset, column in zip((-0.08, 0.08), dict.fromkeys(r["column"] for r in records)):
+        for stage, dash, symbol in (("draft", "dot", "circle-open"), ("final", "solid", "diamond")):
+            points = sorted((r["turn"], r["reward"]) for r in records if r["column"] == column and r["stage"] == stage)
+            if points:  # columns side by side (offset), so equal rewards do not hide one another
+                fig.add_trace(go.Scatter(
+                    x=[t + offset for t, _ in points], y=[v for _, v in points], mode="lines+markers",
+                    name=f"{column} {'draft' if stage == 'draft' else 'corrected'} reward", legendgroup=column,
+                    line={"color": COLOURS.get(column), "dash": dash}, marker={"symbol": symbol, "size": 9},
+                    hovertemplate=f"{column} {stage}, turn %{{customdata}}: %{{y:.2f}}<extra></extra>",
+                    customdata=[t for t, _ in points]), row=1, col=2)
     fig.update_yaxes(range=[-4.2, 0.2], row=1, col=1)
-    fig.update_yaxes(range=[0, 1.05], row=1, col=2)
+    fig.update_yaxes(range=[-0.08, 1.08], zeroline=True, row=1, col=2)  # a reward of 0 is visible, off the axis
     fig.update_xaxes(title_text="turn", dtick=1, row=1, col=2)
-    fig.update_layout(barmode="group", height=340, margin={"l": 40, "r": 20, "t": 40, "b": 40},
-                      legend={"orientation": "h", "y": -0.25})
+    fig.update_layout(barmode="group", height=380, margin={"l": 40, "r": 20, "t": 60, "b": 40},
+                      legend={"orientation": "h", "y": -0.3}, showlegend=True,
+                      modebar={"orientation": "v"})  # the toolbar on the side, off the titles
     return fig
-
-
-def _final_per_turn(records: list[dict]) -> dict[int, float]:
-    """The last judgement of each turn (the re-scored one when the turn was reflected)."""
-    finals: dict[int, float] = {}
-    for record in sorted(records, key=lambda r: (r["turn"], r["stage"] == "final")):
-        finals[record["turn"]] = record["reward"]
-    return finals

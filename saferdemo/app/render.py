@@ -38,12 +38,31 @@ def turn_messages(turn: Turn) -> list[gr.ChatMessage]:
             messages.append(_note("GRM", "judging the corrected answer…", pending=True))
         if turn.final_judge is not None:
             messages.append(_judge_message(turn.final_judge, "corrected"))
+    strip = verdict_strip(turn)
+    if strip:
+        messages.append(gr.ChatMessage(role="assistant", content=strip))
     if turn.error:
         messages.append(gr.ChatMessage(role="assistant", content=f"⚠️ {inert(turn.error)}"))
     if turn.stopped:
         where = STOPPED_IN.get(turn.stopped_in or "", "")
         messages.append(gr.ChatMessage(role="assistant", content=f"⏹ Stopped {where}".rstrip() + "."))
     return messages
+
+
+def verdict_strip(turn: Turn) -> str | None:
+    """The turn's story in one line, e.g. "draft: unsafe · 0.00 → reflected → corrected: safe · 0.95"."""
+    if turn.phase != "done" or turn.draft_judge is None:
+        return None
+    line = f"draft: {_verdict(turn.draft_judge)}" if turn.reflected else f"GRM: {_verdict(turn.draft_judge)}"
+    if turn.reflected:
+        line += " → reflected → " + (f"corrected: {_verdict(turn.final_judge)}" if turn.final_judge else "stopped")
+    return f"**{line}**"
+
+
+def _verdict(result: JudgeResult) -> str:
+    if result.judgement is None:
+        return "unverified"
+    return f"{result.judgement.verdict} · {result.reward:.2f}"
 
 
 def _segment_messages(seg: Segments, stats, title: str, live: bool = True,
