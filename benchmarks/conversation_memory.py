@@ -18,8 +18,9 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from saferdemo.app.controller import ChatController, Conversation  # noqa: E402
+from saferdemo.app.controller import ChatController  # noqa: E402
 from saferdemo.app.models import ModelChoice, load_models  # noqa: E402
+from saferdemo.app.state import Conversation  # noqa: E402
 
 
 def large_card(folder: Path, index: int) -> str:

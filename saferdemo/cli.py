@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import threading
+from pathlib import Path
 
 from saferdemo.app.models import ModelChoice, load_models, zero_gpu
 from saferdemo.app.session import Comparison
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--temperature", type=float, default=0.0)
     compare.add_argument("--loop", choices=("aligned", "both", "none"), default="aligned",
                          help="which columns run the safety loop (default: aligned, as in the app)")
+    compare.add_argument("--export", type=Path, help="also write DIR/comparison.html and DIR/bundle.json")
+    replay = commands.add_parser("replay", help="re-run an exported comparison and report where it differs")
+    replay.add_argument("bundle", type=Path, help="an exported comparison .html or a bundle.json")
+    replay.add_argument("--json", action="store_true")
     audit = commands.add_parser("audit", help="run a safety benchmark on both models (resumable)")
     audit.add_argument("--dataset", default="miniature", help="figstep-tiny, figstep, miniature or a JSONL path")
     audit.add_argument("--out", required=True, help="folder for items.jsonl, summary.json and report.html")
@@ -45,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--span-mode", choices=("schema", "separate"), default="schema",
                        help="judge reasoning and answer within one judgement (schema) or in separate calls")
-    for sub in (serve, compare, audit):
+    for sub in (serve, compare, audit, replay):
         sub.add_argument("--base", help="base model (folder or hub id); env SAFERDEMO_BASE")
         sub.add_argument("--aligned", help="aligned model; env SAFERDEMO_ALIGNED")
         sub.add_argument("--grm", help="judge model, or 'none'; env SAFERDEMO_GRM")
@@ -74,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args, choice, columns, judge, gpu)
     if args.command == "audit":
         return _audit(args, columns, judge)
-    return _compare(args, columns, judge)
+    if args.command == "replay":
+        return _replay(args, columns, judge)
+    return _compare(args, columns, judge, choice.titles())
 
 
 def _audit(args, columns, judge) -> int:
@@ -137,7 +144,7 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _compare(args, columns, judge) -> int:
+def _compare(args, columns, judge, titles: dict[str, str]) -> int:
     try:
         images = [load_image(args.image)] if args.image else []
     except InputError as error:
@@ -149,12 +156,47 @@ def _compare(args, columns, judge) -> int:
     for name, turn in Comparison(list(columns.values()), judge).run([], args.prompt, images, params, threading.Event(), loops):
         final[name] = turn
     report = {name: final[name].as_dict() for name in sorted(final)}  # a stable order across runs
+    if args.export:
+        _export(args.export, args.prompt, images, params, loops, report, columns, judge, titles)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         for name, entry in report.items():
             print(_as_text(name, entry))
     return 0 if all(entry["error"] is None for entry in report.values()) else 1
+
+
+def _export(folder: Path, prompt: str, images, params, loops, report: dict, columns, judge, titles) -> None:
+    from dataclasses import asdict
+
+    from saferdemo.app.export import make_bundle, write_page
+    from saferdemo.app.session import Exchange
+
+    exchange = Exchange(prompt, images, settings={"params": asdict(params),
+                                                  "loops": {n: asdict(c) for n, c in loops.items()}}, results=report)
+    bundle = make_bundle([exchange], columns, judge, titles)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_page(bundle, folder / "comparison.html")
+    (folder / "bundle.json").write_text(json.dumps(bundle, indent=1) + "\n")
+    print(f"wrote {folder / 'comparison.html'} and {folder / 'bundle.json'}", file=sys.stderr)
+
+
+def _replay(args, columns, judge) -> int:
+    from saferdemo.app.export import read_bundle, replay
+
+    try:
+        bundle = read_bundle(args.bundle)
+    except (OSError, ValueError) as error:
+        print(f"saferdemo: {error}", file=sys.stderr)
+        return 2
+    differences = replay(bundle, columns, judge)
+    if args.json:
+        print(json.dumps({"turns": len(bundle["turns"]), "differences": differences}, indent=2))
+    elif not differences:
+        print(f"identical: {len(bundle['turns'])} turn(s) replayed, every column's output and judgement the same")
+    for d in [] if args.json else differences:
+        print(f"turn {d['turn']} {d['column']} {d['field']}:\n  before: {d['before']!r}\n  after:  {d['after']!r}")
+    return 0 if not differences else 1
 
 
 def _as_text(name: str, entry: dict) -> str:

@@ -109,3 +109,22 @@ def test_an_input_mistake_is_a_toast_not_error_badges(page):
     for name in ("base", "aligned"):
         assert "error" not in column(page, name).inner_text().lower()
     assert "error" not in page.locator("#prompt").inner_text().lower()
+
+
+def test_export_downloads_a_page_that_renders_offline(page, tmp_path):
+    send(page, "Complete the list on this card, step by step.", EXAMPLES / "1-fraud.png")
+    wait_text(column(page, "aligned"), "GRM")
+    wait_text(column(page, "base"), "GRM")
+    time.sleep(1)
+    page.click("#export")
+    link = page.locator("#exported a").first
+    link.wait_for(timeout=30_000)
+    with page.expect_download() as download:
+        link.click()
+    saved = tmp_path / "comparison.html"
+    download.value.save_as(saved)
+    assert "saferdemo-bundle" in saved.read_text()
+    page.context.set_offline(True)
+    page.goto(saved.as_uri())
+    assert "Turn 1" in page.inner_text("body") and "[restricted step]" in page.inner_text("body")
+    assert page.locator("img[src^='data:image/png']").count() == 1

@@ -6,8 +6,9 @@ from pathlib import Path
 import gradio as gr
 import pytest
 
-from saferdemo.app.controller import ChatController, Conversation
+from saferdemo.app.controller import ChatController
 from saferdemo.app.models import ModelChoice, load_models
+from saferdemo.app.state import Conversation
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 SETTINGS = (0.0, 1.0, 96, 0.5, False, True)  # temperature, top-p, max new tokens, threshold, loops base/aligned

@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import gradio as gr
@@ -25,82 +24,10 @@ from saferdemo.app.charts import scores_figure
 from saferdemo.app.observability import log_turn, turn_record
 from saferdemo.app.render import cut_last_turn, judgement_records, turn_messages, user_messages
 from saferdemo.app.session import Column, Comparison, Exchange
+from saferdemo.app.state import COLUMN_NAMES, Conversation, Limits, Pending, StopRegistry, clean_text, session_of
 from saferdemo.engines.base import GenerationParams
 from saferdemo.images import InputError, fit, load_image
 from saferdemo.safety_loop import LoopConfig, Turn
-
-COLUMN_NAMES = ("base", "aligned")
-
-
-@dataclass
-class Limits:
-    prompt_chars: int = 4000
-    # Tokens, not characters, are what fill a context: 4,000 emoji are ~16,000 tokens. Counted with each local
-    # column's own tokenizer.
-    prompt_tokens: int = 1024
-    images_per_turn: int = 4
-    # Every earlier image goes to the models again each turn; vLLM is started with this as its per-prompt limit.
-    images_per_conversation: int = 16
-    # Pixels a conversation keeps of each upload, decoded once (more than the processors use, unless a
-    # checkpoint's max_pixels is larger): 8 images stay under 50 MB however large the files were.
-    kept_pixels: int = 2_000_000
-    turns: int = 20
-    audit_items: int = 100  # the Audit tab's largest audit (the CLI has no limit)
-    upload_mb: int = 20  # per file (Gradio refuses larger uploads); decoded pixels: saferdemo.images
-    queue_size: int = 32  # waiting turns across all users; beyond it Gradio answers "queue is full"
-    concurrency: int = 2  # turns generating at once (each runs two columns and the judge)
-    ui_updates_per_s: float = 20.0  # streamed redraws are throttled to this rate
-
-
-@dataclass
-class Conversation:
-    """Per-session state: the finished exchanges (with decoded images) and every GRM judgement for the chart."""
-
-    exchanges: list[Exchange] = field(default_factory=list)
-    records: list[dict] = field(default_factory=list)
-    # What each chat shows, kept on the server: the browser's copy is never read back.
-    chats: dict[str, list] = field(default_factory=lambda: {name: [] for name in COLUMN_NAMES})
-    # Bumped by Clear and Regenerate: a turn still streaming from before must not write into what follows.
-    epoch: int = 0
-
-
-@dataclass
-class Pending:
-    """A submitted message waiting for its answers: text, decoded images, and the shown copies."""
-
-    text: str
-    images: list[Image.Image]
-    shown: list[str]
-    epoch: int = 0  # the conversation's epoch when submitted: after a Clear, the message is not answered
-
-
-class StopRegistry:
-    """The Stop button's way into a running turn: one event per browser session (control only, no user data)."""
-
-    def __init__(self):
-        self._events: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def new(self, session: str) -> threading.Event:
-        with self._lock:
-            self._events[session] = event = threading.Event()
-            return event
-
-    def stop(self, session: str) -> None:
-        with self._lock:
-            event = self._events.pop(session, None)
-        if event is not None:
-            event.set()
-
-
-def clean_text(text: str) -> str:
-    """Text that can be encoded: a lone surrogate ("\\ud800", which no UTF-8 can hold) becomes U+FFFD. Left in,
-    it would break every later update of the session, which is serialised as JSON."""
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def session_of(request: gr.Request | None) -> str:
-    return getattr(request, "session_hash", None) or "default"
 
 
 class ChatController:
@@ -157,7 +84,8 @@ class ChatController:
         # The exchange enters the history now and its answers fill in as they stream, so every update sent
         # carries a consistent history: on ZeroGPU this runs in a worker process, and after a Stop only what
         # was yielded reaches the session (Regenerate then redoes the stopped turn).
-        exchange = Exchange(pending.text, pending.images, {}, pending.shown)
+        exchange = Exchange(pending.text, pending.images, {}, pending.shown,
+                            settings={"params": asdict(params), "loops": {n: asdict(c) for n, c in loops.items()}})
         conv.exchanges.append(exchange)
         epoch, last_draw = conv.epoch, 0.0
 
@@ -222,6 +150,20 @@ class ChatController:
         shown = user_messages(last.text, last.shown)
         conv.chats = {name: cut_last_turn(chat) + shown for name, chat in conv.chats.items()}
         return Pending(last.text, last.images, last.shown, conv.epoch), conv, *conv.chats.values()
+
+    def export(self, conv: Conversation) -> str:
+        """The conversation as one self-contained HTML page with its replay bundle inside (export.py)."""
+        from saferdemo.app.export import make_bundle, write_page
+
+        finished = [e for e in conv.exchanges if e.results]
+        if not finished:
+            raise gr.Error("Nothing to export yet: send a message first.")
+        bundle = make_bundle(finished, self.columns, self.judge, self.titles)
+        folder = self.media_dir / "exports"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"comparison-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.html"
+        write_page(bundle, path)
+        return str(path)
 
     def stop(self, request: gr.Request = None):
         self.stops.stop(session_of(request))
@@ -304,6 +246,7 @@ class ChatController:
         return str(kept)
 
     def _record(self, conv: Conversation, index: int, pending: Pending, turns: dict[str, Turn], request) -> None:
+        conv.exchanges[-1].results = {name: turn.as_dict() for name, turn in sorted(turns.items())}
         for name, turn in turns.items():
             conv.records += judgement_records(turn, name, index)
             log_turn(turn_record(session_of(request), name, self.titles.get(name, name), turn, len(pending.text),

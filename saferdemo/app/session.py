@@ -34,6 +34,9 @@ class Exchange:
     images: list[Image.Image]
     answers: dict[str, str] = field(default_factory=dict)
     shown: list[str] = field(default_factory=list)  # the app's copies of the uploads, for display only
+    # For export and replay: the settings the turn ran with and each column's whole turn (Turn.as_dict()).
+    settings: dict = field(default_factory=dict)
+    results: dict[str, dict] = field(default_factory=dict)
 
 
 def build_messages(history: list[Exchange], text: str, n_images: int, column: str) -> list[dict]:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from saferdemo.app.controller import ChatController, Conversation, Limits
+from saferdemo.app.controller import ChatController
 from saferdemo.app.observability import health
 from saferdemo.app.session import Column
+from saferdemo.app.state import Conversation, Limits
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
 
@@ -75,6 +76,8 @@ class _ChatTab:
     clear_btn: gr.Button
     settings: list
     plot: gr.Plot
+    export_btn: gr.Button
+    exported: gr.File
     gpu: object = None  # ZeroGPU's decorator, or None
 
     def wire(self, controller):
@@ -94,6 +97,8 @@ class _ChatTab:
         # Stop and Clear cancel every step of a turn still on its way, not only the one running now.
         turn_events = [checked, echoed, run, regen_checked, regen, again]
         self.stop_btn.click(controller.stop, None, None, cancels=turn_events, api_name="stop")
+        self.export_btn.click(lambda conv: gr.File(controller.export(conv), visible=True), [conv], self.exported,
+                              api_name="export")
         clear = [controller.clear, [conv], [conv, *chats, self.plot, pending]]
         self.clear_btn.click(*clear, cancels=turn_events, api_name="clear")
         for chat in chats:  # each chat's own trash icon clears the whole conversation too (one state for both)
@@ -119,6 +124,9 @@ def _chat_tab(titles) -> _ChatTab:
         stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
         regen_btn = gr.Button("Regenerate", elem_id="regenerate")
         clear_btn = gr.Button("Clear", elem_id="clear")
+        export_btn = gr.Button("Export", elem_id="export")
+    exported = gr.File(label="exported comparison (HTML, opens offline; `saferdemo replay FILE` re-runs it)",
+                       visible=False, elem_id="exported")
     with gr.Accordion("Parameters", open=False):
         with gr.Row():
             temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="temperature (0 = greedy)")
@@ -135,7 +143,8 @@ def _chat_tab(titles) -> _ChatTab:
     if examples:
         gr.Examples(examples=examples, inputs=[box], label="Examples (FigStep-style cards)")
     settings = [temperature, top_p, max_tokens, threshold, loop_base, loop_aligned]
-    return _ChatTab(conv, pending, chat_base, chat_aligned, box, stop_btn, regen_btn, clear_btn, settings, plot)
+    return _ChatTab(conv, pending, chat_base, chat_aligned, box, stop_btn, regen_btn, clear_btn, settings, plot,
+                    export_btn, exported)
 
 
 def launch(demo: gr.Blocks, titles: dict[str, str], host: str = "127.0.0.1", port: int | None = None,

@@ -1,0 +1,175 @@
+"""Share and replay a comparison: one self-contained HTML page that carries its own JSON bundle.
+
+The bundle holds everything needed to run the conversation again: each turn's text and images (PNG, base64),
+its generation settings and seed, each column's safety-loop settings, and what every column produced (think,
+reflection, answers, both judgements, timings); plus the models (names and weight fingerprints), the judge's
+rubric and the library versions. The page shows the same (images embedded, an inline SVG chart of the
+rewards) and embeds the bundle in a `<script type="application/json" id="saferdemo-bundle">`, so the one file
+the Export button downloads is both what a colleague reads and what `saferdemo replay FILE` re-runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import platform
+import time
+
+from PIL import Image
+
+FORMAT = "saferdemo.bundle/1"
+BUNDLE_TAG = '<script type="application/json" id="saferdemo-bundle">'
+
+
+def make_bundle(exchanges, columns: dict, judge, titles: dict[str, str]) -> dict:
+    from saferdemo.audit.runner import fingerprint
+
+    return {
+        "format": FORMAT, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "models": {name: {"name": titles.get(name, name), "fingerprint": fingerprint(column.engine)}
+                   for name, column in columns.items()},
+        "judge": None if judge is None else {"name": titles.get("grm", "grm"), "fingerprint": fingerprint(judge.engine),
+                                             "rubric": judge.rubric, "max_new_tokens": judge.max_new_tokens},
+        "versions": _versions(),
+        "turns": [{"text": e.text, "images": [_png(image) for image in e.images], "settings": e.settings,
+                   "results": e.results} for e in exchanges],
+    }
+
+
+def write_page(bundle: dict, path) -> None:
+    data = json.dumps(bundle).replace("</", "<\\/")  # nothing in the data can close the script element
+    body = "\n".join(_turn_html(i + 1, turn) for i, turn in enumerate(bundle["turns"]))
+    models = " · ".join(f"{name}: {html.escape(m['name'])}" for name, m in bundle["models"].items())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>saferdemo comparison</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto}}.cols{{display:flex;gap:1em}}
+.col{{flex:1;border:1px solid #ccc;border-radius:8px;padding:.5em 1em}}pre{{white-space:pre-wrap}}
+img{{max-width:320px}}.strip{{font-weight:bold}}details{{margin:.3em 0}}</style></head><body>
+<h1>saferdemo comparison</h1><p>{models} · judge: {html.escape((bundle.get('judge') or {}).get('name', 'none'))}
+· {html.escape(bundle['created'])}</p>{_chart(bundle)}{body}
+<p>Replay: <code>saferdemo replay THIS_FILE</code> re-runs every turn and reports where the new run differs.</p>
+{BUNDLE_TAG}{data}</script></body></html>"""
+    path.write_text(page)
+
+
+def read_bundle(path) -> dict:
+    """A bundle from an exported page or a bundle.json."""
+    text = path.read_text()
+    if BUNDLE_TAG in text:
+        text = text.split(BUNDLE_TAG, 1)[1].split("</script>", 1)[0].replace("<\\/", "</")
+    bundle = json.loads(text)
+    if bundle.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a saferdemo bundle ({FORMAT})")
+    return bundle
+
+
+def images_of(turn: dict) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB") for data in turn["images"]]
+
+
+def _png(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    import saferdemo
+
+    return {"saferdemo": saferdemo.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def _turn_html(number: int, turn: dict) -> str:
+    images = "".join(f'<img src="data:image/png;base64,{data}" alt="image {i + 1}">' for i, data in enumerate(turn["images"]))
+    columns = "".join(_column_html(name, result) for name, result in turn["results"].items())
+    return f"<h2>Turn {number}</h2>{images}<p><b>User:</b> {html.escape(turn['text'])}</p><div class=cols>{columns}</div>"
+
+
+def _column_html(name: str, r: dict) -> str:
+    def fold(title: str, text: str) -> str:
+        return f"<details><summary>{title}</summary><pre>{html.escape(text or '')}</pre></details>" if text else ""
+
+    def judged(title: str, j: dict | None) -> str:
+        if not j:
+            return ""
+        verdict = j["judgement"]["verdict"] if j["judgement"] else "unverified"
+        return fold(f"{title}: {verdict} · reward {j['reward']}", json.dumps(j["judgement"] or j["error"], indent=1))
+
+    parts = [f"<h3>{html.escape(name)}</h3>", fold("Thinking", r["draft"]["think"]),
+             f"<pre>{html.escape(r['draft']['answer'])}</pre>", judged("GRM (draft)", r["draft_judgement"])]
+    if r["reflected"]:
+        parts += [fold("Reflection", r["revision"]["reflection"]), fold("Thinking again", r["revision"]["think"]),
+                  f"<pre>{html.escape(r['revision']['answer'])}</pre>", judged("GRM (corrected)", r["final_judgement"])]
+    return f"<div class=col>{''.join(parts)}</div>"
+
+
+def _chart(bundle: dict) -> str:
+    """Rewards per turn as an inline SVG (no script, renders offline): draft ○, corrected ◆, per column."""
+    colours, width, height = {"base": "#d9534f", "aligned": "#2b8a3e"}, 480, 160
+    turns = bundle["turns"]
+    marks = []
+    for t, turn in enumerate(turns):
+        for c, (name, r) in enumerate(turn["results"].items()):
+            x = 40 + (t + 0.5) * (width - 60) / max(1, len(turns)) + (c - 0.5) * 14
+            for key, shape in (("draft_judgement", "circle"), ("final_judgement", "rect")):
+                reward = (r.get(key) or {}).get("reward")
+                if reward is None:
+                    continue
+                y = height - 30 - reward * (height - 50)  # 0 sits above the axis line, not on it
+                colour = colours.get(name, "#555")
+                marks.append(f'<circle cx="{x:.0f}" cy="{y:.0f}" r="5" fill="none" stroke="{colour}"/>' if shape == "circle"
+                             else f'<rect x="{x - 5:.0f}" y="{y - 5:.0f}" width="10" height="10" fill="{colour}"/>')
+    legend = " ".join(f'<tspan fill="{c}">{n}</tspan>' for n, c in colours.items())
+    return (f'<svg width="{width}" height="{height}" role="img" aria-label="GRM reward per turn">'
+            f'<line x1="40" y1="{height - 20}" x2="{width - 20}" y2="{height - 20}" stroke="#999"/>'
+            f'<text x="0" y="14" font-size="12">GRM reward per turn (○ draft, ■ corrected): {legend}</text>'
+            f'<text x="10" y="{height - 16}" font-size="10">0</text><text x="10" y="24" font-size="10">1</text>'
+            f'{"".join(marks)}</svg>')
+
+
+# ---------------------------------------------------------------- replay
+
+COMPARED = (("draft", "think"), ("draft", "answer"), ("reflected",), ("revision", "reflection"),
+            ("revision", "answer"), ("draft_judgement", "judgement"), ("final_judgement", "judgement"),
+            ("final_answer",))
+
+
+def replay(bundle: dict, columns: dict, judge) -> list[dict]:
+    """Run every turn of the bundle again (each in its recorded context) and list where the new run differs."""
+    from saferdemo.app.session import Comparison, Exchange
+    from saferdemo.engines.base import GenerationParams
+    from saferdemo.safety_loop import LoopConfig
+
+    comparison = Comparison([columns[name] for name in ("base", "aligned")], judge)
+    history, differences = [], []
+    for number, turn in enumerate(bundle["turns"], start=1):
+        images, settings = images_of(turn), turn["settings"]
+        loops = {name: LoopConfig(**config) for name, config in settings["loops"].items()}
+        final = {}
+        for name, snapshot in comparison.run(history, turn["text"], images, GenerationParams(**settings["params"]),
+                                             loops=loops):
+            final[name] = snapshot
+        for name, old in turn["results"].items():
+            differences += _differences(number, name, old, final[name].as_dict())
+        history.append(Exchange(turn["text"], images, {n: r["final_answer"] for n, r in turn["results"].items()}))
+    return differences
+
+
+def _differences(number: int, column: str, old: dict, new: dict) -> list[dict]:
+    found = []
+    for path in COMPARED:
+        before, after = _get(old, path), _get(new, path)
+        if before != after:
+            found.append({"turn": number, "column": column, "field": ".".join(path), "before": before, "after": after})
+    return found
+
+
+def _get(data: dict, path: tuple):
+    for key in path:
+        data = data.get(key) if isinstance(data, dict) else None
+    return data

@@ -1,0 +1,88 @@
+"""What a browser session holds (the conversation, a message waiting for its answers) and the app's limits.
+
+Everything a user owns lives in the per-session `Conversation`; the Stop button reaches a running turn through
+the `StopRegistry` (control only, no user data).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import gradio as gr
+from PIL import Image
+
+from saferdemo.app.session import Exchange
+
+COLUMN_NAMES = ("base", "aligned")
+
+
+@dataclass
+class Limits:
+    prompt_chars: int = 4000
+    # Tokens, not characters, are what fill a context: 4,000 emoji are ~16,000 tokens. Counted with each local
+    # column's own tokenizer.
+    prompt_tokens: int = 1024
+    images_per_turn: int = 4
+    # Every earlier image goes to the models again each turn; vLLM is started with this as its per-prompt limit.
+    images_per_conversation: int = 16
+    # Pixels a conversation keeps of each upload, decoded once (more than the processors use, unless a
+    # checkpoint's max_pixels is larger): 8 images stay under 50 MB however large the files were.
+    kept_pixels: int = 2_000_000
+    turns: int = 20
+    audit_items: int = 100  # the Audit tab's largest audit (the CLI has no limit)
+    upload_mb: int = 20  # per file (Gradio refuses larger uploads); decoded pixels: saferdemo.images
+    queue_size: int = 32  # waiting turns across all users; beyond it Gradio answers "queue is full"
+    concurrency: int = 2  # turns generating at once (each runs two columns and the judge)
+    ui_updates_per_s: float = 20.0  # streamed redraws are throttled to this rate
+
+
+@dataclass
+class Conversation:
+    """Per-session state: the finished exchanges (with decoded images) and every GRM judgement for the chart."""
+
+    exchanges: list[Exchange] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    # What each chat shows, kept on the server: the browser's copy is never read back.
+    chats: dict[str, list] = field(default_factory=lambda: {name: [] for name in COLUMN_NAMES})
+    # Bumped by Clear and Regenerate: a turn still streaming from before must not write into what follows.
+    epoch: int = 0
+
+
+@dataclass
+class Pending:
+    """A submitted message waiting for its answers: text, decoded images, and the shown copies."""
+
+    text: str
+    images: list[Image.Image]
+    shown: list[str]
+    epoch: int = 0  # the conversation's epoch when submitted: after a Clear, the message is not answered
+
+
+class StopRegistry:
+    """The Stop button's way into a running turn: one event per browser session (control only, no user data)."""
+
+    def __init__(self):
+        self._events: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def new(self, session: str) -> threading.Event:
+        with self._lock:
+            self._events[session] = event = threading.Event()
+            return event
+
+    def stop(self, session: str) -> None:
+        with self._lock:
+            event = self._events.pop(session, None)
+        if event is not None:
+            event.set()
+
+
+def clean_text(text: str) -> str:
+    """Text that can be encoded: a lone surrogate ("\\ud800", which no UTF-8 can hold) becomes U+FFFD. Left in,
+    it would break every later update of the session, which is serialised as JSON."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def session_of(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "default"
