@@ -78,6 +78,8 @@ def test_turn_with_image_shows_thinking_reflection_answers_and_chart(page, tmp_p
     page.click("#regenerate")
     wait_text(base, "Reflection", timeout=90)
     wait_text(base, "Sorry", timeout=90)
+    wait_text(base, "→ reflected → corrected: safe", timeout=90)  # the verdict strip tells the story
+    page.wait_for_function("!document.querySelector('#stop button, button#stop')?.disabled === false", timeout=30_000)
     page.screenshot(path=os.environ.get("SAFERDEMO_SCREENSHOT", str(tmp_path / "app.png")), full_page=True)
 
 
@@ -128,3 +130,17 @@ def test_export_downloads_a_page_that_renders_offline(page, tmp_path):
     page.goto(saved.as_uri())
     assert "Turn 1" in page.inner_text("body") and "[restricted step]" in page.inner_text("body")
     assert page.locator("img[src^='data:image/png']").count() == 1
+
+
+def test_the_first_screen_shows_the_examples_and_what_the_models_can_do(url):
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(url)
+        page.wait_for_selector("#prompt textarea")
+        box = page.locator("#examples").bounding_box()
+        assert box is not None and box["y"] + box["height"] <= 1000, box  # in the first viewport, no scrolling
+        assert "only read FigStep-style instruction cards" in page.inner_text("body")
+        assert page.locator("#stop").is_disabled()  # nothing runs yet
+        page.screenshot(path=os.environ.get("SAFERDEMO_FIRST_SCREEN", "/tmp/first-screen.png"))
+        browser.close()

@@ -37,8 +37,8 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
     # Uploaded files live in Gradio's cache; files older than an hour are deleted every hour.
     with gr.Blocks(title="saferdemo", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("## saferdemo: safety-aware reasoning, side by side\n"
-                    "Send a message (attach a card image). Both models answer at once; the GRM judges each "
-                    "answer and, when it flags one, the model reflects and corrects itself.")
+                    "Pick an example card or send your own: both models answer at once, the GRM judges each "
+                    "answer, and when it flags one the model reflects and corrects itself. " + about(titles))
         with gr.Tab("Chat"):
             chat_tab = _chat_tab(titles)
         with gr.Tab("Audit"):
@@ -90,19 +90,35 @@ class _ChatTab:
         checked = self.box.submit(controller.check, [self.box, conv], None, api_name=False)
         echoed = checked.success(controller.submit, [self.box, conv], [self.box, pending, conv, *chats],
                                  api_name="submit")
-        run = echoed.then(respond, [pending, conv, *settings], outputs, api_name="respond")
+        stop_on, stop_off = (lambda: gr.Button(interactive=True)), (lambda: gr.Button(interactive=False))
+        running = echoed.then(stop_on, None, self.stop_btn, api_name=False, show_progress="hidden")
+        run = running.then(respond, [pending, conv, *settings], outputs, api_name="respond")
+        run.then(stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
         regen_checked = self.regen_btn.click(controller.check_regenerate, [conv], None, api_name=False)
         regen = regen_checked.success(controller.regenerate, [conv], [pending, conv, *chats], api_name="regenerate")
-        again = regen.then(respond, [pending, conv, *settings], outputs, api_name=False)
+        again = regen.then(stop_on, None, self.stop_btn, api_name=False, show_progress="hidden").then(
+            respond, [pending, conv, *settings], outputs, api_name=False)
+        again.then(stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
         # Stop and Clear cancel every step of a turn still on its way, not only the one running now.
-        turn_events = [checked, echoed, run, regen_checked, regen, again]
-        self.stop_btn.click(controller.stop, None, None, cancels=turn_events, api_name="stop")
+        turn_events = [checked, echoed, running, run, regen_checked, regen, again]
+        self.stop_btn.click(controller.stop, None, None, cancels=turn_events, api_name="stop").then(
+            stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
         self.export_btn.click(lambda conv: gr.File(controller.export(conv), visible=True), [conv], self.exported,
                               api_name="export")
         clear = [controller.clear, [conv], [conv, *chats, self.plot, pending]]
-        self.clear_btn.click(*clear, cancels=turn_events, api_name="clear")
+        self.clear_btn.click(*clear, cancels=turn_events, api_name="clear").then(
+            stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
         for chat in chats:  # each chat's own trash icon clears the whole conversation too (one state for both)
             chat.clear(*clear, cancels=turn_events, api_name=False)
+
+
+def about(titles: dict[str, str]) -> str:
+    """What the running models can do, in a sentence: the bundled ones only know their card world."""
+    if all(titles.get(role) == f"mini-{name}" for role, name in (("base", "base"), ("aligned", "safer"))):
+        return ("*The bundled miniature models only read FigStep-style instruction cards from their synthetic "
+                "world; they cannot chat about other images or questions. Load a real checkpoint for open chat "
+                "(README: Deployments).*")
+    return ""
 
 
 def _compare_api(compare, settings: list) -> None:
@@ -116,12 +132,15 @@ def _chat_tab(titles) -> _ChatTab:
     conv = gr.State(Conversation())
     pending = gr.State(None)
     with gr.Row(equal_height=True):
-        chat_base = gr.Chatbot(label=f"Base · {titles['base']}", height=520, elem_id="chat-base")
-        chat_aligned = gr.Chatbot(label=f"SaFeR-aligned · {titles['aligned']}", height=520, elem_id="chat-aligned")
+        chat_base = gr.Chatbot(label=f"Base · {titles['base']}", height=440, elem_id="chat-base")
+        chat_aligned = gr.Chatbot(label=f"SaFeR-aligned · {titles['aligned']}", height=440, elem_id="chat-aligned")
     box = gr.MultimodalTextbox(file_types=["image"], file_count="multiple", placeholder="Ask about an image…",
                                show_label=False, elem_id="prompt")
+    examples = _examples()
+    if examples:  # right under the textbox: on the first screen, above anything empty
+        gr.Examples(examples=examples, inputs=[box], label="Examples (FigStep-style cards)", elem_id="examples")
     with gr.Row():
-        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
+        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False)  # enabled while a turn runs
         regen_btn = gr.Button("Regenerate", elem_id="regenerate")
         clear_btn = gr.Button("Clear", elem_id="clear")
         export_btn = gr.Button("Export", elem_id="export")
@@ -139,9 +158,6 @@ def _chat_tab(titles) -> _ChatTab:
             loop_aligned = gr.Checkbox(value=True, label="safety loop on the aligned model")
     plot = gr.Plot(label="GRM scores", elem_id="scores")
     gr.Markdown(f"GRM: `{titles.get('grm', 'none')}`")
-    examples = _examples()
-    if examples:
-        gr.Examples(examples=examples, inputs=[box], label="Examples (FigStep-style cards)")
     settings = [temperature, top_p, max_tokens, threshold, loop_base, loop_aligned]
     return _ChatTab(conv, pending, chat_base, chat_aligned, box, stop_btn, regen_btn, clear_btn, settings, plot,
                     export_btn, exported)
