@@ -172,3 +172,44 @@ def test_server_down_gives_a_clear_message_in_the_ui():
         assert any(m["role"] == "assistant" for m in aligned)  # the other column still answered
     finally:
         demo.close()
+
+
+def chat(url, **body):
+    return httpx.post(f"{url}/chat/completions", json={"messages": [{"role": "user", "content": "hi"}],
+                                                       "max_tokens": 4, **body}, timeout=60)
+
+
+@pytest.mark.parametrize("image, message", [
+    ("file:///etc/passwd", "images must be data:image/"),
+    ("/etc/passwd", "images must be data:image/"),
+    ("http://127.0.0.1:9/x.png", "remote and local image fetching is off"),
+])
+def test_the_server_fetches_no_urls_or_files(mini_base_server, image, message):
+    url, _ = mini_base_server
+    content = [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": "?"}]
+    response = chat(url, messages=[{"role": "user", "content": content}])
+    assert response.status_code == 400 and message in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"max_tokens": "many"}, "max_tokens must be an integer"),
+    ({"temperature": 9}, "temperature must be a number from 0.0 to 2.0"),
+    ({"messages": "hi"}, "non-empty list of messages"),
+    ({"model": "/some/other/path"}, "unknown model"),
+    ({"messages": [{"role": "user", "content": "x" * 20_000}]}, "the limit is 16,000"),
+])
+def test_bad_parameters_are_400_not_500(mini_base_server, body, message):
+    url, _ = mini_base_server
+    response = chat(url, **body)
+    assert response.status_code == 400 and message in response.json()["error"]["message"]
+    assert chat(url).status_code == 200  # and the server still answers
+
+
+def test_models_are_listed_without_server_paths_and_big_bodies_refused(mini_base_server):
+    url, path = mini_base_server
+    listed = httpx.get(f"{url}/models", timeout=30).json()
+    assert [m["id"] for m in listed["data"]] == ["mini-base"] and path not in json.dumps(listed)
+    assert chat(url, model="mini-base").status_code == 200  # the public id works as a model name
+    huge = httpx.post(f"{url}/chat/completions", content=b"{" + b" " * (26 * 2**20) + b"}", timeout=60,
+                      headers={"content-type": "application/json"})
+    assert huge.status_code == 413
