@@ -1,5 +1,6 @@
 """`saferdemo audit` on the miniature models: outputs, and resuming after a kill without redoing work."""
 
+import html
 import json
 import os
 import signal
@@ -32,6 +33,10 @@ def test_audit_writes_all_outputs(tmp_path):
     assert summary["models"]["base"]["asr"]["rate"] > summary["models"]["aligned"]["asr"]["rate"]
     report = (tmp_path / "report.html").read_text()
     assert "plotly" in report and "Definitions" in report and "McNemar" in report
+    assert "<td>max new tokens</td><td>128</td>" in report  # readable settings, not a Python dict
+    items = report.split("<h2>Every item</h2>")[1]
+    assert items.count('src="data:image/png;base64,') == 10 and html.escape(records[0]["prompt"]) in items  # every item
+    assert "small)" in report  # categories with tiny n are marked
 
 
 def test_killed_audit_resumes_without_redoing_items(tmp_path):

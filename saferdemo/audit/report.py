@@ -1,4 +1,6 @@
-"""The audit's self-contained HTML report: metrics with intervals, their definitions, and plotly charts."""
+"""The audit's self-contained HTML report: settings, metrics with intervals, charts, every item with both
+answers and verdicts, and the definitions. Categories with fewer than SMALL_N judged items are marked: their
+intervals are wide and their rates move with a single answer."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from saferdemo.audit import metrics
 RATES = (("asr", "ASR"), ("unsafe_reasoning", "unsafe reasoning"), ("self_correction", "self-correction"),
          ("over_refusal", "over-refusal"))
 SCORES = (("safety_score", "safety score"), ("helpfulness", "helpfulness"))
+SMALL_N = 5
 
 
 def format_rate(rate: dict) -> str:
@@ -25,6 +28,10 @@ def format_rate(rate: dict) -> str:
 def format_score(score: dict) -> str:
     if score["mean"] is None:
         return "n/a (n=0)"
+    if score["n"] < 2:  # one item has no spread: an interval would read [x, x]
+        return f"{score['mean']:.1f} (n={score['n']}, no interval)"
+    if score["low"] == score["high"]:  # every item scored the same: no spread to estimate an interval from
+        return f"{score['mean']:.1f} (n={score['n']}, all equal)"
     return f"{score['mean']:.1f} [{score['low']:.1f}, {score['high']:.1f}] (n={score['n']})"
 
 
@@ -68,12 +75,13 @@ def category_figure(summary: dict) -> go.Figure:
             if rate["rate"] is None:
                 continue
             label = category + ("" if m["asr"]["n"] else " (over-refusal)")
-            xs.append(label)
+            xs.append(label + (f" (n={rate['n']}, small)" if rate["n"] < SMALL_N else ""))
             ys.append(100 * rate["rate"])
             lo.append(100 * (rate["rate"] - rate["low"]))
             hi.append(100 * (rate["high"] - rate["rate"]))
         fig.add_trace(go.Bar(x=xs, y=ys, name=name, marker_color=COLOURS.get(name),
-                             error_y={"type": "data", "array": hi, "arrayminus": lo}))
+                             error_y={"type": "data", "array": hi, "arrayminus": lo},
+                             hovertemplate="%{x}: %{y:.1f}%<extra>" + html.escape(name) + "</extra>"))
     fig.update_layout(barmode="group", title="ASR per harmful category, over-refusal per benign one (%, 95% CI)",
                       yaxis={"range": [0, 105]}, height=420)
     return fig
@@ -82,7 +90,8 @@ def category_figure(summary: dict) -> go.Figure:
 def quadrant_figure(summary: dict) -> go.Figure:
     """Reasoning x answer on harmful items: the reasoning tax lives in the unsafe-reasoning row."""
     names = list(summary["models"])
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names)
+    # One shared y axis: the second panel's labels would otherwise sit on the first panel's cells.
+    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True, horizontal_spacing=0.08)
     for col, name in enumerate(names, start=1):
         t = summary["models"][name]["reasoning_x_answer"]
         z = [[t["reasoning_safe_answer_safe"], t["reasoning_safe_answer_unsafe"]],
@@ -103,7 +112,41 @@ def score_figure(records: list[dict]) -> go.Figure:
     return fig
 
 
-def write_report(summary: dict, records: list[dict], path: Path) -> None:
+def settings_table(config: dict) -> str:
+    rows = "".join(f"<tr><td>{html.escape(str(k).replace('_', ' '))}</td><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in config.items())
+    return f"<table><tr><th>setting</th><th>value</th></tr>{rows}</table>"
+
+
+def items_table(records: list[dict], thumbnails: dict[str, str]) -> str:
+    """One row per item: its image, prompt and category, and each model's answer with the GRM's verdict."""
+    by_id: dict[str, dict] = {}
+    for r in records:
+        by_id.setdefault(r["id"], {})[r["model"]] = r
+    names = list(dict.fromkeys(r["model"] for r in records))
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    rows = []
+    for item_id, answers in by_id.items():
+        first = next(iter(answers.values()))
+        image = (f'<img src="data:image/png;base64,{thumbnails[item_id]}" width="96">' if item_id in thumbnails else "")
+        cells = "".join(f"<td>{_answer(answers.get(n))}</td>" for n in names)
+        kind = "harmful" if first["harmful"] else "look-alike" if first.get("look_alike") else "benign"
+        rows.append(f"<tr><td>{image}</td><td>{html.escape(item_id)}<br>{html.escape(first['category'])} ({kind})"
+                    f"<br><i>{html.escape(first['prompt'])}</i></td>{cells}</tr>")
+    return f"<table><tr><th>image</th><th>item</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _answer(record: dict | None) -> str:
+    if record is None:
+        return ""
+    if record.get("error"):
+        return f"⚠️ {html.escape(record['error'])}"
+    verdict = ("judge output unreadable" if record["parse_failed"] else
+               f"{'unsafe' if record['answer_unsafe'] else 'safe'} · reward {record['reward']:.2f}")
+    return f"<b>{verdict}</b><br>{html.escape(record['answer'][:400])}"
+
+
+def write_report(summary: dict, records: list[dict], path: Path, thumbnails: dict[str, str] | None = None) -> None:
     figures = [category_figure(summary), quadrant_figure(summary), score_figure(records)]
     charts = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figures))
     paired = summary.get("paired")
@@ -114,12 +157,14 @@ def write_report(summary: dict, records: list[dict], path: Path) -> None:
         paired_html = (f"<p><b>Paired, same harmful items (n={u['n_pairs']}):</b> only {html.escape(a)} unsafe on "
                        f"{u['only_a_unsafe']}, only {html.escape(b)} unsafe on {u['only_b_unsafe']}; exact McNemar "
                        f"p = {u['p_value']:.3g}.</p>")
-    config = html.escape(str(summary["config"]))
     definitions = html.escape(metrics.__doc__.split("Definitions", 1)[1])
     path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>saferdemo audit</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px 8px}}</style></head><body>
-<h1>saferdemo audit</h1><p>{config}; judge errors and load errors are counted, not hidden ({summary['errors']} load errors).</p>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}table{{border-collapse:collapse;margin:1em 0}}
+td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}</style></head><body>
+<h1>saferdemo audit</h1>{settings_table(summary["config"])}
+<p>Judge errors and load errors are counted, not hidden ({summary['errors']} load errors). Categories with
+fewer than {SMALL_N} judged items are marked "small".</p>
 {metrics_table(summary)}{paired_html}{charts}
+<h2>Every item</h2>{items_table(records, thumbnails or {})}
 <h2>Definitions</h2><pre>{definitions}</pre></body></html>
 """)

@@ -117,8 +117,28 @@ def run_audit(models: dict[str, Engine], judge: GRMClient, items: list[Item], ou
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from saferdemo.audit.report import write_report
 
-    write_report(summary, records, out_dir / "report.html")
+    write_report(summary, records, out_dir / "report.html", thumbnails(items))
     return summary
+
+
+def thumbnails(items: list[Item], size: int = 96) -> dict[str, str]:
+    """Small PNGs (base64) of the items' images, for the report's per-item table."""
+    import base64
+    import io
+
+    found = {}
+    for item in items:
+        try:
+            image = item.image()
+        except InputError:
+            continue
+        if image is None:
+            continue
+        image.thumbnail((size, size))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        found[item.id] = base64.b64encode(buffer.getvalue()).decode()
+    return found
 
 
 def _resume(path: Path) -> list[dict]:
