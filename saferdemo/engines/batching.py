@@ -15,6 +15,7 @@ so it reaches only the rows that fail on their own.
 
 from __future__ import annotations
 
+import atexit
 import threading
 import time
 from collections import deque
@@ -111,6 +112,11 @@ class BatchingEngine:
         self._waiting: deque[Request] = deque()
         self._arrived = threading.Condition()
         self.batches: list[int] = []  # the size of every batch run (for tests and benchmarks)
+        # A row is handed back at its own end, so the caller may finish while `generate` takes its last step
+        # for the batch: at exit, wait for that step (a daemon thread frozen inside torch aborts the process).
+        self._idle = threading.Event()
+        self._idle.set()
+        atexit.register(self._idle.wait, 30)
         threading.Thread(target=self._work, name=f"batching:{self.name}", daemon=True).start()
 
     def prompt_text(self, messages: list[dict]) -> str:
@@ -135,9 +141,13 @@ class BatchingEngine:
             with self._arrived:
                 while not self._waiting:
                     self._arrived.wait()
-            time.sleep(self.gather_s)  # let the other requests of the same moment arrive
-            for batch in self._take():
-                self._run(batch)
+            self._idle.clear()
+            try:
+                time.sleep(self.gather_s)  # let the other requests of the same moment arrive
+                for batch in self._take():
+                    self._run(batch)
+            finally:
+                self._idle.set()
 
     def _take(self) -> list[list[Request]]:
         """What has gathered, as batches of one sampling group each (at most max_batch rows)."""
