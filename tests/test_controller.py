@@ -140,3 +140,17 @@ def test_stop_ends_every_phase_with_a_stopped_note_and_no_spinner(controller):
         assert "pending" not in statuses
         assert chat[-1].content.startswith("⏹ Stopped") and "truncated" not in str([m.metadata for m in chat])
     assert len(conv.exchanges) == 1
+
+
+def test_a_cancelled_audit_stops_and_reports_what_it_did(controller):
+    calls = []
+
+    def progress(fraction, desc=""):
+        calls.append(fraction)
+        if len(calls) == 2:
+            controller.cancel_audit()  # the Cancel button (session "default" without a request)
+
+    table, *_, report = controller.audit("miniature", 10, progress)
+    assert len(calls) == 2 and table.startswith("**Cancelled")
+    records = (Path(report).parent / "items.jsonl").read_text().splitlines()
+    assert len(records) == 2  # the audit ended after the response in progress, not after all 20

@@ -36,7 +36,7 @@ class ChatController:
         self.columns, self.judge, self.titles = columns, judge, titles
         self.limits = limits or Limits()
         self.comparison = Comparison([columns[name] for name in COLUMN_NAMES], judge)
-        self.stops = StopRegistry()
+        self.stops, self.audit_stops = StopRegistry(), StopRegistry()
         self.media_dir = Path(media_dir or tempfile.mkdtemp(prefix="saferdemo-media-"))
         self.media_dir.mkdir(parents=True, exist_ok=True)
 
@@ -176,7 +176,8 @@ class ChatController:
         conv.chats = {name: [] for name in COLUMN_NAMES}
         return conv, [], [], None, None
 
-    def audit(self, dataset: str, limit: float, progress: Callable | None = None):
+    def audit(self, dataset: str, limit: float, progress: Callable | None = None, request: gr.Request = None):
+        """A small audit for the Audit tab; `cancel_audit` ends it after the response in progress."""
         if self.judge is None:
             raise gr.Error("The audit needs a judge model (SAFERDEMO_GRM).")
         from saferdemo.audit.datasets import load_dataset
@@ -188,8 +189,15 @@ class ChatController:
         out = self._audit_folder()
         engines = {name: self.columns[name].engine for name in COLUMN_NAMES}
         report = (lambda done, total: progress(done / total, desc=f"{done}/{total} responses")) if progress else None
-        summary = run_audit(engines, self.judge, items, out, AuditConfig(dataset, limit), progress=report)
-        return metrics_markdown(summary), category_figure(summary), quadrant_figure(summary), str(out / "report.html")
+        stop = self.audit_stops.new(session_of(request))
+        summary = run_audit(engines, self.judge, items, out, AuditConfig(dataset, limit), progress=report, stop=stop)
+        table = metrics_markdown(summary)
+        if summary["stopped"]:
+            table = "**Cancelled: the numbers cover the responses made before.**\n\n" + table
+        return table, category_figure(summary), quadrant_figure(summary), str(out / "report.html")
+
+    def cancel_audit(self, request: gr.Request = None) -> None:
+        self.audit_stops.stop(session_of(request))
 
     # ---------------------------------------------------------------- helpers
 

@@ -28,8 +28,8 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
     controller = ChatController(columns, judge, titles, limits)
     limits = controller.limits
 
-    def audit(dataset: str, limit: float, progress=gr.Progress()):  # noqa: B008 (Gradio injects progress)
-        return controller.audit(dataset, limit, progress)
+    def audit(dataset: str, limit: float, request: gr.Request, progress=gr.Progress()):  # noqa: B008 (injected)
+        return controller.audit(dataset, limit, progress, request)
 
     if gpu_decorator is not None:  # ZeroGPU: hold a GPU only while a turn, an audit or an API call runs
         audit = gpu_decorator(audit)
@@ -48,12 +48,15 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
                 dataset = gr.Dropdown(["miniature", "figstep-tiny", "figstep"], value="miniature", label="dataset")
                 n_items = gr.Number(value=10, minimum=1, maximum=limits.audit_items, precision=0, label="items")
                 audit_btn = gr.Button("Run audit", variant="primary")
+                cancel_btn = gr.Button("Cancel audit", elem_id="cancel-audit")
             audit_table = gr.Markdown()
             with gr.Row():
                 audit_bars, audit_quadrants = gr.Plot(label="per category"), gr.Plot(label="reasoning × answer")
             audit_file = gr.File(label="full report (HTML)")
-            audit_btn.click(audit, [dataset, n_items], [audit_table, audit_bars, audit_quadrants, audit_file],
-                            api_name="audit", concurrency_limit=1)
+            audit_run = audit_btn.click(audit, [dataset, n_items], [audit_table, audit_bars, audit_quadrants, audit_file],
+                                        api_name="audit", concurrency_limit=1)
+            # Ends the running audit after its current response (and drops this session's queued ones).
+            cancel_btn.click(controller.cancel_audit, None, None, cancels=[audit_run], api_name="cancel_audit")
         chat_tab.gpu = gpu_decorator
         chat_tab.wire(controller)
         _compare_api(controller.compare if gpu_decorator is None else gpu_decorator(controller.compare),

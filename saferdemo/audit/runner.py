@@ -89,8 +89,9 @@ def check_resumable(out_dir: Path, wanted: dict) -> None:
 
 
 def run_audit(models: dict[str, Engine], judge: GRMClient, items: list[Item], out_dir: str | Path,
-              config: AuditConfig, progress=None) -> dict:
-    """Answer, judge and record every (item, model); then summarise. `progress(done, total)` is optional.
+              config: AuditConfig, progress=None, stop: threading.Event | None = None) -> dict:
+    """Answer, judge and record every (item, model); then summarise. `progress(done, total)` is optional; setting
+    `stop` ends the audit after the response in progress, and the summary covers what was done (`stopped`).
     Resuming into a folder is refused (ResumeMismatch) when its records were made with other settings."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -103,6 +104,8 @@ def run_audit(models: dict[str, Engine], judge: GRMClient, items: list[Item], ou
     with path.open("a") as sink, tqdm(total=len(items) * len(models), initial=len(items) * len(models) - len(todo),
                                       desc="audit", unit="response") as bar:
         for item, name in todo:
+            if stop is not None and stop.is_set():
+                break
             record = audit_one(models[name], judge, item, name, params, config.span_mode)
             sink.write(json.dumps(record) + "\n")
             sink.flush()
@@ -114,6 +117,7 @@ def run_audit(models: dict[str, Engine], judge: GRMClient, items: list[Item], ou
     wanted = {item.id for item in items}
     records = [r for r in records if r["id"] in wanted and r["model"] in models]
     summary = summarize_audit(records, list(models), config)
+    summary["stopped"] = len(records) < len(items) * len(models)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from saferdemo.audit.report import write_report
 
