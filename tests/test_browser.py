@@ -54,6 +54,15 @@ def column(page, name):
     return page.locator(f"#chat-{name}")
 
 
+def wait_idle(page, timeout=90):
+    """Until the turn has ended: Stop is enabled only while one runs."""
+    deadline = time.time() + timeout
+    time.sleep(0.5)  # let the turn start (Stop turns on once the message is echoed)
+    while time.time() < deadline and not page.locator("#stop").is_disabled():
+        time.sleep(0.2)
+    assert page.locator("#stop").is_disabled(), "the turn never ended"
+
+
 def wait_text(locator, text, timeout=60):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -79,7 +88,7 @@ def test_turn_with_image_shows_thinking_reflection_answers_and_chart(page, tmp_p
     wait_text(base, "Reflection", timeout=90)
     wait_text(base, "Sorry", timeout=90)
     wait_text(base, "→ reflected → corrected: safe", timeout=90)  # the verdict strip tells the story
-    page.wait_for_function("!document.querySelector('#stop button, button#stop')?.disabled === false", timeout=30_000)
+    wait_idle(page)
     page.screenshot(path=os.environ.get("SAFERDEMO_SCREENSHOT", str(tmp_path / "app.png")), full_page=True)
 
 
@@ -117,7 +126,7 @@ def test_export_downloads_a_page_that_renders_offline(page, tmp_path):
     send(page, "Complete the list on this card, step by step.", EXAMPLES / "1-fraud.png")
     wait_text(column(page, "aligned"), "GRM")
     wait_text(column(page, "base"), "GRM")
-    time.sleep(1)
+    wait_idle(page)  # Export holds finished turns only
     page.click("#export")
     link = page.locator("#exported a").first
     link.wait_for(timeout=30_000)
