@@ -30,6 +30,14 @@ from saferdemo.images import InputError, fit, load_image
 from saferdemo.safety_loop import LoopConfig, Turn
 
 
+def turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned):
+    """The UI's generation and safety-loop controls as (GenerationParams, {column: LoopConfig})."""
+    params = GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
+    loops = {"base": LoopConfig(enabled=loop_base, threshold=threshold),
+             "aligned": LoopConfig(enabled=loop_aligned, threshold=threshold)}
+    return params, loops
+
+
 class ChatController:
     def __init__(self, columns: dict[str, Column], judge, titles: dict[str, str], limits: Limits | None = None,
                  media_dir: str | Path | None = None):
@@ -75,9 +83,7 @@ class ChatController:
         if not pending or pending.epoch != conv.epoch:  # nothing to answer, or Clear came in between
             return
         stop = self.stops.new(session_of(request))
-        loops = {"base": LoopConfig(enabled=loop_base, threshold=threshold),
-                 "aligned": LoopConfig(enabled=loop_aligned, threshold=threshold)}
-        params = GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
+        params, loops = turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned)
         chats, turns = conv.chats, {}
         prefix = {name: len(chat) for name, chat in chats.items()}
         history = list(conv.exchanges)
@@ -125,9 +131,7 @@ class ChatController:
         self._check(text, paths, Conversation())
         images = [fit(self._open(path), self.limits.kept_pixels) for path in paths]
         stop = self.stops.new(session_of(request))
-        loops = {"base": LoopConfig(enabled=loop_base, threshold=threshold),
-                 "aligned": LoopConfig(enabled=loop_aligned, threshold=threshold)}
-        params = GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
+        params, loops = turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned)
         turns, last = {}, 0.0
         events = self.comparison.run([], text, images, params, stop, loops)
         try:
@@ -243,7 +247,8 @@ class ChatController:
         (the Audit tab serves the report from there, so the files must outlive the call)."""
         root = self.media_dir / "audits"
         root.mkdir(exist_ok=True)
-        for old in sorted(root.iterdir(), key=lambda p: p.stat().st_mtime)[: max(0, len(list(root.iterdir())) - keep + 1)]:
+        folders = sorted(root.iterdir(), key=lambda p: p.stat().st_mtime)
+        for old in folders[: max(0, len(folders) - keep + 1)]:
             shutil.rmtree(old, ignore_errors=True)
         return Path(tempfile.mkdtemp(prefix="audit-", dir=root))
 
