@@ -1,7 +1,8 @@
 """The judge client, the one way anything in the project asks a GRM for a judgement: app, audit, curation, GRPO.
 
 `GRMClient.judge` builds the judge prompt (the rubric the GRM checkpoint names in its `judge_config.json`,
-else the full rubric for instruction models), generates greedily, parses the output (tolerant of code fences
+else the full rubric for instruction models; the conversation's earlier turns too, unless the checkpoint says
+it was trained without them), generates greedily, parses the output (tolerant of code fences
 and trailing text) and turns it into the reward. `judge_batch` does the same for many responses at once,
 in padded batches when the engine can (`TransformersEngine.generate_batch`), one by one otherwise.
 
@@ -56,24 +57,62 @@ class JudgeResult:
                 "seconds": round(self.seconds, 3)}
 
 
+JUDGE_EARLIER_TURNS = 3  # earlier turns the judge sees: enough to tell the newest card from the others
+
+
+def _judge_config(checkpoint: str | Path) -> dict:
+    config = Path(checkpoint) / "judge_config.json"
+    return json.loads(config.read_text()) if config.is_file() else {}
+
+
 def rubric_of(checkpoint: str | Path) -> str:
     """The rubric a GRM checkpoint was trained with; instruction models get the full one."""
-    config = Path(checkpoint) / "judge_config.json"
-    return json.loads(config.read_text()).get("rubric", "full") if config.is_file() else "full"
+    return _judge_config(checkpoint).get("rubric", "full")
+
+
+def sees_conversation(checkpoint: str | Path) -> bool:
+    """Whether a GRM checkpoint was trained on prompts with the conversation's earlier turns (instruction
+    models read them; a GRM trained without them would meet an input it never saw)."""
+    config = _judge_config(checkpoint)
+    return bool(config.get("conversation", config.get("rubric", "full") == "full"))
+
+
+def earlier_turns(messages: list[dict], limit: int = JUDGE_EARLIER_TURNS) -> list[tuple[str, str]]:
+    """(user text, answer) pairs of the turns before the last user message, images shown as "[image]"."""
+    pairs, user = [], None
+    for message in messages[:-1]:
+        text = _text(message)
+        if message["role"] == "user":
+            user = text
+        elif message["role"] == "assistant" and user is not None:
+            pairs.append((user, text))
+            user = None
+    return pairs[-limit:] if limit else []
+
+
+def _text(message: dict) -> str:
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    parts = ["[image]" if part.get("type") == "image" else part.get("text", "") for part in content]
+    return " ".join(part for part in parts if part)
 
 
 class GRMClient:
     def __init__(self, engine: Engine, rubric: str = "full", max_new_tokens: int = 400,
-                 reward_config: RewardConfig | None = None, batch_size: int = 16):
+                 reward_config: RewardConfig | None = None, batch_size: int = 16, conversation: bool | None = None):
         self.engine, self.rubric, self.max_new_tokens = engine, rubric, max_new_tokens
         self.reward_config = reward_config or RewardConfig()
         self.batch_size = batch_size
+        self.conversation = rubric == "full" if conversation is None else conversation
 
     def _params(self) -> GenerationParams:
         return GenerationParams(max_new_tokens=self.max_new_tokens, temperature=0.0)
 
-    def _messages(self, image: Image.Image | None, request: str, response: str) -> list[dict]:
-        return judge_messages(request, response, rubric=self.rubric, with_image=image is not None)
+    def _messages(self, image: Image.Image | None, request: str, response: str,
+                  earlier: list[tuple[str, str]] = ()) -> list[dict]:
+        return judge_messages(request, response, rubric=self.rubric, with_image=image is not None,
+                              earlier=earlier if self.conversation else ())
 
     def read(self, raw: str, seconds: float = 0.0) -> JudgeResult:
         """A judge's raw output as a result: the judgement and its reward, or the reason there is none."""
@@ -84,8 +123,10 @@ class GRMClient:
         return JudgeResult(judgement, reward(judgement, self.reward_config), raw, None, seconds)
 
     def judge(self, image: Image.Image | None, request: str, response: str,
-              stop: threading.Event | None = None) -> JudgeResult:
-        generation = self.engine.start(self._messages(image, request, response), [image] if image is not None else [],
+              stop: threading.Event | None = None, earlier: list[tuple[str, str]] = ()) -> JudgeResult:
+        """`earlier`: the conversation's previous turns (`earlier_turns`); `image` the newest in it."""
+        generation = self.engine.start(self._messages(image, request, response, earlier),
+                                       [image] if image is not None else [],
                                        self._params(), stop or threading.Event())
         try:
             raw = collect(generation)
@@ -93,11 +134,13 @@ class GRMClient:
             return JudgeResult(None, None, "", f"The judge failed: {error}", generation.stats.seconds)
         return self.read(raw, generation.stats.seconds)
 
-    def judge_batch(self, images: list[Image.Image | None], requests: list[str], responses: list[str]) -> list[JudgeResult]:
+    def judge_batch(self, images: list[Image.Image | None], requests: list[str], responses: list[str],
+                    earlier: list[list[tuple[str, str]]] | None = None) -> list[JudgeResult]:
         """Judge many (image, request, response) triples; results in the same order."""
+        earlier = earlier or [[] for _ in responses]
         if not hasattr(self.engine, "generate_batch"):
-            return [self.judge(i, q, r) for i, q, r in zip(images, requests, responses)]
-        conversations = [self._messages(i, q, r) for i, q, r in zip(images, requests, responses)]
+            return [self.judge(i, q, r, earlier=e) for i, q, r, e in zip(images, requests, responses, earlier)]
+        conversations = [self._messages(i, q, r, e) for i, q, r, e in zip(images, requests, responses, earlier)]
         raws = self.engine.generate_batch(conversations, [[i] if i is not None else [] for i in images],
                                           self._params(), self.batch_size)
         return [self.read(raw) for raw in raws]

@@ -19,7 +19,7 @@ from typing import Literal
 from PIL import Image
 
 from saferdemo.engines.base import Engine, EngineError, GenerationParams, GenerationStats
-from saferdemo.judge import GRMClient, JudgeResult
+from saferdemo.judge import GRMClient, JudgeResult, earlier_turns
 from saferdemo.prompts import reflection_messages
 from saferdemo.segments import Segments, after_reflection, parse
 
@@ -107,14 +107,15 @@ def run_turn(engine: Engine, judge: GRMClient | None, messages: list[dict], imag
              params: GenerationParams, loop: LoopConfig, stop: threading.Event):
     """Yield `Turn` snapshots while the column drafts, is judged, reflects and is judged again."""
     turn = Turn()
-    judge_image = images[-1] if images else None
+    judge_image = images[-1] if images else None  # the newest image in the conversation
+    earlier = earlier_turns(messages)
     try:
         yield from _stream(engine, messages, images, params, stop, turn, "draft")
         if stop.is_set() or judge is None:
             return
         turn.phase = "judging"
         yield turn.snapshot()
-        turn.draft_judge = judge.judge(judge_image, request, turn.draft_text, stop)
+        turn.draft_judge = judge.judge(judge_image, request, turn.draft_text, stop, earlier)
         yield turn.snapshot()
         if stop.is_set() or not (loop.enabled and flagged(turn.draft_judge, loop)):
             return
@@ -131,7 +132,7 @@ def run_turn(engine: Engine, judge: GRMClient | None, messages: list[dict], imag
         yield turn.snapshot()
         corrected = after_reflection(turn.revision_text)  # judge the corrected response alone
         corrected = turn.revision_text if corrected is None else corrected
-        turn.final_judge = judge.judge(judge_image, request, corrected, stop)
+        turn.final_judge = judge.judge(judge_image, request, corrected, stop, earlier)
     except EngineError as error:
         turn.error = str(error)
     finally:

@@ -20,7 +20,7 @@ from pathlib import Path
 from saferdemo.app.session import Column
 from saferdemo.engines.batching import BatchingEngine
 from saferdemo.engines.transformers_engine import TransformersEngine
-from saferdemo.judge import GRMClient, rubric_of
+from saferdemo.judge import GRMClient, rubric_of, sees_conversation
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "models"
 DEFAULTS = {"base": ASSETS / "mini-base", "aligned": ASSETS / "mini-safer", "grm": ASSETS / "mini-grm"}
@@ -81,8 +81,10 @@ def load_models(choice: ModelChoice, device: str | None = None, max_pixels: int 
     columns = {role: Column(role, load_engine(choice, role, device, max_pixels)) for role in ("base", "aligned")}
     judge = None
     if choice.grm:
-        rubric = "full" if choice.urls.get("grm") else rubric_of(choice.grm)
-        judge = GRMClient(load_engine(choice, "grm", device, max_pixels), rubric)
+        remote = bool(choice.urls.get("grm"))
+        rubric = "full" if remote else rubric_of(choice.grm)
+        judge = GRMClient(load_engine(choice, "grm", device, max_pixels), rubric,
+                          conversation=remote or sees_conversation(choice.grm))
     return columns, judge
 
 
