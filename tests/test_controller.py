@@ -1,6 +1,7 @@
 """The chat's events as plain method calls on the shipped models: no server, no browser."""
 
 import shutil
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -154,3 +155,23 @@ def test_a_cancelled_audit_stops_and_reports_what_it_did(controller):
     assert len(calls) == 2 and table.startswith("**Cancelled")
     records = (Path(report).parent / "items.jsonl").read_text().splitlines()
     assert len(records) == 2  # the audit ended after the response in progress, not after all 20
+
+
+def test_each_pending_stage_stays_on_screen_long_enough_to_see(controller):
+    """The bundled models draft and judge in a blink; thinking, judging and reflecting still show as pending."""
+    conv = Conversation()
+    _, pending, conv, *_ = controller.submit({"text": "Complete the list.", "files": [str(EXAMPLES / "1-fraud.png")]}, conv)
+    seen: dict[tuple[str, str], list[float]] = {}  # (column, pending title) -> [first seen, first gone]
+    for base, aligned, *_ in controller.respond(pending, conv, 0.0, 1.0, 96, 0.5, True, True):
+        now = time.perf_counter()
+        for name, chat in (("base", base), ("aligned", aligned)):
+            showing = {m.metadata["title"] for m in chat if (m.metadata or {}).get("status") == "pending"}
+            for title in showing:
+                seen.setdefault((name, title), [now, None])
+            for key, span in seen.items():
+                if key[0] == name and key[1] not in showing and span[1] is None:
+                    span[1] = now
+    titles = {title for _, title in seen}
+    assert {"Thinking", "GRM", "Reflection"} <= titles  # the base column reflects on its flagged draft
+    for key, (first, gone) in seen.items():
+        assert gone is not None and gone - first >= controller.limits.min_pending_s - 0.02, key

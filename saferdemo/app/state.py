@@ -35,6 +35,9 @@ class Limits:
     queue_size: int = 32  # waiting turns across all users; beyond it Gradio answers "queue is full"
     concurrency: int = 2  # turns generating at once (each runs two columns and the judge)
     ui_updates_per_s: float = 20.0  # streamed redraws are throttled to this rate
+    # A pending state (thinking open, the GRM judging, a reflection) stays on screen at least this long: the
+    # bundled models draft and judge in a fraction of a second, and the story of a turn would flash past.
+    min_pending_s: float = 0.4
 
 
 @dataclass
