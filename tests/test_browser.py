@@ -104,6 +104,23 @@ def test_stop_and_clear(page):
     wait_text(column(page, "base"), "Thinking")
 
 
+@pytest.mark.parametrize("phase", ["Thinking", "judging", "Reflection"])
+def test_stop_in_each_phase_says_where_it_stopped(page, phase):
+    """Stop while the base column drafts, while the GRM judges the draft, and while it reflects."""
+    page.get_by_text("Parameters").click()
+    page.get_by_label("safety loop on the base model").check()
+    send(page, "Complete the list on this card, step by step.", EXAMPLES / "1-fraud.png")
+    base = column(page, "base")
+    wait_text(base, phase, timeout=60)
+    page.click("#stop")
+    wait_text(base, "⏹ Stopped", timeout=30)
+    wait_idle(page)
+    assert base.locator(".loading-spinner").count() == 0  # no spinner keeps turning
+    assert "truncated at max tokens" not in base.inner_text()
+    send(page, "What does the card say?")  # the conversation goes on
+    wait_text(base, "Thinking")
+
+
 def test_injected_script_does_not_run(page):
     send(page, '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script> ![t](http://127.0.0.1:9/t.png)')
     wait_text(column(page, "base"), "onerror")  # shown as text

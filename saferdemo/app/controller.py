@@ -83,6 +83,8 @@ class ChatController:
         if not pending or pending.epoch != conv.epoch:  # nothing to answer, or Clear came in between
             return
         stop = self.stops.new(session_of(request))
+        if pending.stopped:
+            stop.set()
         params, loops = turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned)
         chats, turns = conv.chats, {}
         prefix = {name: len(chat) for name, chat in chats.items()}
@@ -173,7 +175,11 @@ class ChatController:
         write_page(bundle, path)
         return str(path)
 
-    def stop(self, request: gr.Request = None):
+    def stop(self, pending: Pending | None = None, request: gr.Request = None):
+        """End the session's running turn at its next token; its last update says where it stopped. A turn
+        still waiting in the queue (`pending`) ends as soon as it starts."""
+        if pending is not None:
+            pending.stopped = True
         self.stops.stop(session_of(request))
 
     def clear(self, conv: Conversation | None = None, request: gr.Request = None):

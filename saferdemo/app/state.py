@@ -60,6 +60,7 @@ class Pending:
     images: list[Image.Image]
     shown: list[str]
     epoch: int = 0  # the conversation's epoch when submitted: after a Clear, the message is not answered
+    stopped: bool = False  # Stop came before its turn started (it waited in the queue): it ends at once
 
 
 class StopRegistry:

@@ -102,10 +102,13 @@ class _ChatTab:
         again = regen.then(stop_on, None, self.stop_btn, api_name=False, show_progress="hidden").then(
             respond, [pending, conv, *settings], outputs, api_name=False)
         again.then(stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
-        # Stop and Clear cancel every step of a turn still on its way, not only the one running now.
+        # Clear cancels every step of a turn still on its way, not only the one running now. Stop ends the
+        # turn through its stop event instead: the turn ends itself at the next token and its last update
+        # shows where it stopped. On ZeroGPU the turn runs in another process that the event cannot reach,
+        # so there Stop cancels it too (the chats keep what they last showed).
         turn_events = [checked, echoed, running, run, regen_checked, regen, again]
-        self.stop_btn.click(controller.stop, None, None, cancels=turn_events, api_name="stop").then(
-            stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
+        self.stop_btn.click(controller.stop, [pending], None, cancels=turn_events if self.gpu else None,
+                            api_name="stop").then(stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
         self.export_btn.click(lambda conv: gr.File(controller.export(conv), visible=True), [conv], self.exported,
                               api_name="export")
         clear = [controller.clear, [conv], [conv, *chats, self.plot, pending]]
