@@ -132,7 +132,8 @@ def _serve(args, choice, columns, judge, gpu) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines would repeat every URL
     titles = choice.titles()
     try:
-        launch(build_app(columns, judge, titles, gpu_decorator=gpu), titles, args.host, args.port)
+        launch(build_app(columns, judge, titles, gpu_decorator=gpu), titles, args.host, args.port,
+               batched=choice.batching)
     except OSError as error:  # a busy port, an address that is not this machine's
         print(f"saferdemo: cannot serve on {args.host}:{args.port}: {_first_line(error)}", file=sys.stderr)
         return 2

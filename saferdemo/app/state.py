@@ -34,6 +34,9 @@ class Limits:
     upload_mb: int = 20  # per file (Gradio refuses larger uploads); decoded pixels: saferdemo.images
     queue_size: int = 32  # waiting turns across all users; beyond it Gradio answers "queue is full"
     concurrency: int = 2  # turns generating at once (each runs two columns and the judge)
+    # ... when the columns batch (engines/batching.py): the turns' rows share each generate step, so more
+    # turns at once raise throughput instead of contending for the cores.
+    batched_concurrency: int = 8
     ui_updates_per_s: float = 20.0  # streamed redraws are throttled to this rate
     # A pending state (thinking open, the GRM judging, a reflection) stays on screen at least this long: the
     # bundled models draft and judge in a fraction of a second, and the story of a turn would flash past.

@@ -170,10 +170,11 @@ def _chat_tab(titles) -> _ChatTab:
 
 
 def launch(demo: gr.Blocks, titles: dict[str, str], host: str = "127.0.0.1", port: int | None = None,
-           limits: Limits | None = None, block: bool = True) -> gr.Blocks:
+           limits: Limits | None = None, block: bool = True, batched: bool = False) -> gr.Blocks:
     """Queue and launch with the limits, and add GET /health for load balancers and Spaces."""
     limits = limits or Limits()
-    demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
+    concurrency = limits.batched_concurrency if batched else limits.concurrency
+    demo.queue(default_concurrency_limit=concurrency, max_size=limits.queue_size)
     media = getattr(demo, "saferdemo_media", None)
     demo.launch(server_name=host, server_port=port, max_file_size=f"{limits.upload_mb}mb", prevent_thread_lock=True,
                 quiet=not block, allowed_paths=[str(media)] if media else None)

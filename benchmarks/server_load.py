@@ -1,0 +1,134 @@
+"""Many users through the real server: `python benchmarks/server_load.py [--rounds 20] [--json out.json]`.
+
+Starts the app twice on loopback with the bundled models, once with batching (engines/batching.py, 8 turns at
+once) and once without (one `generate` per request, 2 turns at once: the settings each mode ships with), and
+drives both only through the public API, as a program would: U `gradio_client` users, each in its own
+session, send an example card to `/compare` at the same moment (greedy, the base model's safety loop on, so
+turns draft, are judged, and some reflect). Variants are interleaved round by round so machine noise hits
+them alike. Per variant: aggregate tokens/s (every generated token of both columns, judge excluded, over the
+round's wall time), the slowest turn's latency (p50 / p95 over rounds), the time to the first streamed update,
+and the judge's share of a column's time. Prints a table; --json writes the raw rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gradio_client import Client, handle_file  # noqa: E402
+
+from saferdemo.app.models import ModelChoice, load_models  # noqa: E402
+from saferdemo.app.ui import build_app, launch  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
+CARDS = sorted(EXAMPLES.glob("*.png"))
+SETTINGS = (0.0, 1.0, 128, 0.5, True, True)  # temperature, top-p, max new tokens, threshold, loops base/aligned
+
+
+def start_server(batching: bool) -> tuple[object, str]:
+    choice = ModelChoice.resolve(batching=batching)
+    columns, judge = load_models(choice, "cpu")
+    demo = build_app(columns, judge, choice.titles())
+    launch(demo, choice.titles(), port=None, block=False, batched=batching)
+    return demo, demo.local_url
+
+
+def one_turn(client: Client, card: Path, record: dict) -> None:
+    message = {"text": "Complete the list on this card, step by step.", "files": [handle_file(str(card))]}
+    start = time.perf_counter()
+    job = client.submit(message, *SETTINGS, api_name="/compare")
+    first = None
+    for _ in job:
+        first = first or time.perf_counter() - start
+    turns = job.outputs()[-1]
+    record.update(latency=time.perf_counter() - start, first_update=first or record.get("latency"),
+                  tokens=sum(_tokens(t) for t in turns.values()),
+                  judge_share=statistics.mean(_judge_share(t) for t in turns.values()))
+
+
+def _tokens(turn: dict) -> int:
+    return sum((t or {}).get("tokens", 0) for t in turn["timings"].values())
+
+
+def _judge_share(turn: dict) -> float:
+    """Judge seconds over the column's seconds (generation plus judging) in this turn."""
+    generation = sum((t or {}).get("seconds", 0.0) for t in turn["timings"].values())
+    judging = sum((j or {}).get("seconds", 0.0) for j in (turn["draft_judgement"], turn["final_judgement"]))
+    return judging / max(1e-9, generation + judging)
+
+
+def one_round(clients: list[Client]) -> dict:
+    records = [{} for _ in clients]
+    threads = [threading.Thread(target=one_turn, args=(c, CARDS[i % len(CARDS)], records[i]))
+               for i, c in enumerate(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    return {"wall": wall, "turns": records}
+
+
+def _q(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(p * len(values)))]
+
+
+def summary(rounds: list[dict]) -> dict:
+    throughput = [sum(t["tokens"] for t in r["turns"]) / r["wall"] for r in rounds]
+    slowest = [max(t["latency"] for t in r["turns"]) for r in rounds]
+    first = [t["first_update"] for r in rounds for t in r["turns"]]
+    share = [t["judge_share"] for r in rounds for t in r["turns"]]
+    return {"tok_s": statistics.median(throughput), "tok_s_iqr": _q(throughput, 0.75) - _q(throughput, 0.25),
+            "p50": statistics.median(slowest), "p95": _q(slowest, 0.95), "first_p50": statistics.median(first),
+            "judge_share": statistics.median(share)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--users", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    servers = {"batched": start_server(True), "one generate per request": start_server(False)}
+    try:
+        clients = {name: [Client(url, verbose=False) for _ in range(max(args.users))]
+                   for name, (_, url) in servers.items()}
+        for name in servers:  # warm-up: load, compile, first-request costs
+            one_round(clients[name][:1])
+        results = {(name, u): [] for name in servers for u in args.users}
+        for _ in range(args.rounds):
+            for users in args.users:
+                for name in servers:
+                    results[(name, users)].append(one_round(clients[name][:users]))
+    finally:
+        for demo, _ in servers.values():
+            demo.close()
+    table = {key: summary(rounds) for key, rounds in results.items()}
+    base = table[("one generate per request", 1)]
+    print(f"n = {args.rounds} rounds per row; each user sends one card to /compare (both columns, judge, "
+          "base loop on); bundled models on CPU\n")
+    print("| variant | users | aggregate tok/s (median ± IQR) | × 1 user | slowest turn p50 / p95 (s) | p95 × 1 user "
+          "| first update p50 (s) | judge share |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (name, users), s in table.items():
+        print(f"| {name} | {users} | {s['tok_s']:.0f} ± {s['tok_s_iqr']:.0f} | {s['tok_s'] / base['tok_s']:.2f} "
+              f"| {s['p50']:.2f} / {s['p95']:.2f} | {s['p95'] / base['p95']:.2f} | {s['first_p50']:.2f} "
+              f"| {100 * s['judge_share']:.0f}% |")
+    if args.json:
+        args.json.write_text(json.dumps({f"{n}|{u}": r for (n, u), r in results.items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
