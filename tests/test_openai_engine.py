@@ -213,3 +213,61 @@ def test_models_are_listed_without_server_paths_and_big_bodies_refused(mini_base
     huge = httpx.post(f"{url}/chat/completions", content=b"{" + b" " * (26 * 2**20) + b"}", timeout=60,
                       headers={"content-type": "application/json"})
     assert huge.status_code == 413
+
+
+@pytest.fixture(scope="module")
+def endless_server(tmp_path_factory):
+    """An untrained tiny model: it never says EOS, so only the client or the server can end its stream."""
+    from training.miniature import truth, world
+    from training.miniature.tiny_qwen import TinyQwenConfig, build_tiny_qwen
+
+    folder = tmp_path_factory.mktemp("endless") / "random"
+    build_tiny_qwen(folder, truth.corpus(world.load_phrases()), TinyQwenConfig())
+    process, url = serve(folder)
+    yield process, url, str(folder)
+    stop_server(process)
+
+
+def _stream(url, model, max_tokens):
+    body = {"model": model, "stream": True, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "Say anything."}]}
+    return httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=60)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the server's CPU time from /proc")
+def test_a_client_that_leaves_ends_its_generation(endless_server):
+    """The server stops spending CPU on a stream nobody reads (it serves requests concurrently, so a quick
+    answer to the next request would not show it)."""
+    process, url, model = endless_server
+    with _stream(url, model, 4000) as response:  # ~15 s of tokens on this CPU, were it left running
+        lines = response.iter_lines()
+        for _ in range(5):
+            next(lines)
+        before = _cpu_seconds(process.pid)
+        time.sleep(1.5)
+        assert _cpu_seconds(process.pid) - before > 0.5  # generating while the client is there
+    time.sleep(1.0)  # the server notices at its next token
+    before = _cpu_seconds(process.pid)
+    time.sleep(1.5)
+    assert _cpu_seconds(process.pid) - before < 0.3  # and idle once it has left
+
+
+def test_sigterm_ends_the_server_mid_stream(tmp_path):
+    from training.miniature import truth, world
+    from training.miniature.tiny_qwen import TinyQwenConfig, build_tiny_qwen
+
+    build_tiny_qwen(tmp_path / "random", truth.corpus(world.load_phrases()), TinyQwenConfig())
+    process, url = serve(tmp_path / "random")
+    try:
+        with _stream(url, str(tmp_path / "random"), 4000) as response:
+            next(response.iter_lines())
+            process.terminate()  # SIGTERM while a generation runs
+            assert process.wait(timeout=10) is not None
+    finally:
+        if process.poll() is None:
+            process.kill()
