@@ -104,6 +104,18 @@ def test_stop_and_clear(page):
     wait_text(column(page, "base"), "Thinking")
 
 
+def test_thinking_is_open_while_it_streams_and_folds_when_the_answer_starts(page):
+    send(page, "Complete the list on this card, step by step.", EXAMPLES / "1-fraud.png")
+    base, seen_open = column(page, "base"), False
+    deadline = time.time() + 60
+    while time.time() < deadline and "[restricted step]" not in (text := base.inner_text()):
+        seen_open |= base.locator(".loading-spinner").count() > 0 and "The card says" in text
+        time.sleep(0.05)
+    assert seen_open, "the thinking never showed open while it streamed"
+    wait_idle(page)
+    assert "[restricted step]" in base.inner_text() and "The card says" not in base.inner_text()  # folded
+
+
 @pytest.mark.parametrize("phase", ["Thinking", "judging", "Reflection"])
 def test_stop_in_each_phase_says_where_it_stopped(page, phase):
     """Stop while the base column drafts, while the GRM judges the draft, and while it reflects."""
