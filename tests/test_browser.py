@@ -133,6 +133,26 @@ def test_stop_in_each_phase_says_where_it_stopped(page, phase):
     wait_text(base, "Thinking")
 
 
+def test_a_lone_surrogate_does_not_break_the_session(page):
+    """A lone surrogate typed into the box (JavaScript strings can hold one; no UTF-8 can) is answered, and the
+    session's later events still work."""
+    page.fill("#prompt textarea", "What does the card say? ")
+    page.focus("#prompt textarea")
+    page.evaluate("() => document.execCommand('insertText', false, '\\ud800')")  # typed, as a user's input is
+    page.keyboard.press("Enter")
+    wait_text(column(page, "base"), "What does the card say? \ufffd")  # echoed, the surrogate replaced
+    wait_idle(page)
+    assert "⚠️" not in column(page, "base").inner_text()
+    send(page, "What does the card say?")
+    wait_text(column(page, "base"), "Thinking")
+    wait_idle(page)
+    page.click("#clear")
+    deadline = time.time() + 20
+    while time.time() < deadline and column(page, "base").locator(".message").count():
+        time.sleep(0.2)
+    assert column(page, "base").locator(".message").count() == 0
+
+
 def test_injected_script_does_not_run(page):
     send(page, '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script> ![t](http://127.0.0.1:9/t.png)')
     wait_text(column(page, "base"), "onerror")  # shown as text

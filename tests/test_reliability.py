@@ -128,6 +128,22 @@ def test_bad_messages(app, text, message):
     still_serving(demo, client)
 
 
+def test_one_bad_input_does_not_break_the_session(app, tmp_path):
+    """Issue 14, through the server in one session: after a card turn, an extreme aspect ratio is refused, and
+    every later turn of the same session (text-only ones too, and Clear) works. (A lone surrogate, which no
+    client library here can even send, is in the browser tests.)"""
+    demo, client = app
+    client.predict(api_name="/clear")
+    assert "⚠️" not in assistant_text(last_turn(turn(client, files=[EXAMPLES / "3-household.png"])[0]))
+    strip = image_file(tmp_path, "strip.png", Image.new("RGB", (10000, 10), "white"))
+    with pytest.raises(Exception, match="less elongated than 200:1"):
+        client.predict({"text": CARD_PROMPT, "files": [handle_file(str(strip))]}, api_name="/submit")
+    base = turn(client, text="And once more, please.")[0]  # text-only, with the card turn in the history
+    assert "⚠️" not in assistant_text(last_turn(base)) and last_turn(base)
+    client.predict(api_name="/clear")
+    still_serving(demo, client)
+
+
 def test_injected_html_and_markdown_images_are_inert(app):
     _, client = app
     attack = '<script>window.__xss = 1</script><img src=x onerror="window.__xss=2"> ![t](http://127.0.0.1:9/t.png)'
