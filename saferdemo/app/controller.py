@@ -22,6 +22,7 @@ from PIL import Image
 
 from saferdemo.app.charts import scores_figure
 from saferdemo.app.observability import log_turn, turn_record
+from saferdemo.app.pending import PendingHold
 from saferdemo.app.render import cut_last_turn, judgement_records, turn_messages, user_messages
 from saferdemo.app.session import Column, Comparison, Exchange
 from saferdemo.app.state import COLUMN_NAMES, Conversation, Limits, Pending, StopRegistry, clean_text, session_of
@@ -106,13 +107,18 @@ class ChatController:
 
         events = self.comparison.run(history, pending.text, pending.images, params, stop, loops)
         try:
+            undrawn = False  # a snapshot was skipped by the throttle since the last redraw
             for name, turn in events:
-                turns[name] = turn
-                streaming = turn.phase in ("drafting", "reflecting")
                 if conv.epoch != epoch:
                     break  # Clear or Regenerate took over (they also stop the generation)
+                if undrawn and hold.changed(name, turn):  # a stage ends: show all of it before it folds
+                    redraw()
+                    yield chats["base"], chats["aligned"], gr.skip(), conv, None
+                turns[name] = turn
+                streaming = turn.phase in ("drafting", "reflecting")
                 due = time.perf_counter() - last_draw >= 1 / self.limits.ui_updates_per_s
-                if not streaming or due or hold.changed(name, turn):  # a new stage is always drawn
+                undrawn = streaming and not due and not hold.changed(name, turn)
+                if not undrawn:  # a new stage is always drawn
                     hold.wait(turns)
                     last_draw = time.perf_counter()
                     redraw()
@@ -275,43 +281,3 @@ class ChatController:
             log_turn(turn_record(session_of(request), name, self.titles.get(name, name), turn, len(pending.text),
                                  len(pending.images)))
 
-
-class PendingHold:
-    """Keeps each column's pending stage (thinking open, judging, reflecting) on screen at least `seconds`.
-
-    The wait happens before drawing the stage that replaces it; the models keep generating meanwhile (their
-    events queue up), so only the display lags, by at most `seconds` per stage."""
-
-    def __init__(self, seconds: float):
-        self.seconds, self._shown = seconds, {}  # column -> (stage, when it was first drawn)
-
-    @staticmethod
-    def stage(turn: Turn) -> tuple[str, str | None]:
-        """(phase, what is pending in it): "think" or "reflection" still open, "judge" not yet in, or None."""
-        if turn.phase in ("judging", "rejudging"):
-            judged = turn.draft_judge if turn.phase == "judging" else turn.final_judge
-            return turn.phase, None if judged else "judge"
-        if turn.phase == "reflecting" and turn.revision.reflection_state != "closed":
-            return turn.phase, "reflection"
-        segment = turn.revision if turn.phase == "reflecting" else turn.draft
-        return turn.phase, "think" if turn.phase != "done" and segment.think_state == "open" else None
-
-    def wait(self, turns: dict[str, Turn]) -> None:
-        """Before a redraw (which redraws every column): until each pending stage it would replace is due."""
-        due = 0.0
-        for name, turn in turns.items():
-            if name in self._shown and self.changed(name, turn):
-                (_, pending), since = self._shown[name]
-                if pending:
-                    due = max(due, since + self.seconds)
-        time.sleep(max(0.0, due - time.perf_counter()))
-
-    def changed(self, name: str, turn: Turn) -> bool:
-        return self._shown.get(name, (None,))[0] != self.stage(turn)
-
-    def drawn(self, turns: dict[str, Turn]) -> None:
-        now = time.perf_counter()
-        for name, turn in turns.items():
-            stage = self.stage(turn)
-            if self._shown.get(name, (None,))[0] != stage:
-                self._shown[name] = (stage, now)
