@@ -111,13 +111,14 @@ class ChatController:
             for name, turn in events:
                 if conv.epoch != epoch:
                     break  # Clear or Regenerate took over (they also stop the generation)
-                if undrawn and hold.changed(name, turn):  # a stage ends: show all of it before it folds
+                new_stage = hold.changed(name, turn)
+                if undrawn and new_stage:  # a stage ends: show all of it before it folds
                     redraw()
                     yield chats["base"], chats["aligned"], gr.skip(), conv, None
                 turns[name] = turn
                 streaming = turn.phase in ("drafting", "reflecting")
                 due = time.perf_counter() - last_draw >= 1 / self.limits.ui_updates_per_s
-                undrawn = streaming and not due and not hold.changed(name, turn)
+                undrawn = streaming and not due and not new_stage
                 if not undrawn:  # a new stage is always drawn
                     hold.wait(turns)
                     last_draw = time.perf_counter()
