@@ -7,7 +7,10 @@ session, send an example card to `/compare` at the same moment (greedy, the base
 turns draft, are judged, and some reflect). Variants are interleaved round by round so machine noise hits
 them alike. Per variant: aggregate tokens/s (every generated token of both columns, judge excluded, over the
 round's wall time), the slowest turn's latency (p50 / p95 over rounds), the time to the first streamed update,
-and the judge's share of a column's time. Prints a table; --json writes the raw rounds.
+and the judge's share of a column's time. A third variant runs the same turn in this process without a server
+(`Comparison.run` on batching engines, one user): its first event is the in-process first token that the
+server's first update is compared with. The one-generate-per-request server runs 1 and 8 users only (it is
+the slow reference). Prints a table; --json writes the raw rounds.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gradio_client import Client, handle_file  # noqa: E402
 
 from saferdemo.app.models import ModelChoice, load_models  # noqa: E402
+from saferdemo.app.session import Comparison  # noqa: E402
+from saferdemo.engines.base import GenerationParams  # noqa: E402
+from saferdemo.images import load_image  # noqa: E402
+from saferdemo.safety_loop import LoopConfig  # noqa: E402
 from saferdemo.app.ui import build_app, launch  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
@@ -42,8 +49,36 @@ def start_server(batching: bool) -> tuple[object, str]:
     return demo, demo.local_url
 
 
-def one_turn(client: Client, card: Path, record: dict) -> None:
-    message = {"text": "Complete the list on this card, step by step.", "files": [handle_file(str(card))]}
+PROMPT = "Complete the list on this card, step by step."
+
+
+class InProcess:
+    """The same turn without a server: both columns through `Comparison.run`, as the server's handler runs it."""
+
+    def __init__(self):
+        columns, self.judge = load_models(ModelChoice.resolve(batching=True), "cpu")
+        self.columns = list(columns.values())
+        temperature, top_p, max_new, threshold, loop_base, loop_aligned = SETTINGS
+        self.params = GenerationParams(max_new, temperature, top_p)
+        self.loops = {"base": LoopConfig(loop_base, threshold), "aligned": LoopConfig(loop_aligned, threshold)}
+
+
+def in_process_turn(server: InProcess, card: Path, record: dict) -> None:
+    start, first, last = time.perf_counter(), None, {}
+    for name, turn in Comparison(server.columns, server.judge).run([], PROMPT, [load_image(card)], server.params,
+                                                                  None, server.loops):
+        first = first or time.perf_counter() - start
+        last[name] = turn
+    turns = {name: turn.as_dict() for name, turn in last.items()}
+    record.update(latency=time.perf_counter() - start, first_update=first,
+                  tokens=sum(_tokens(t) for t in turns.values()),
+                  judge_share=statistics.mean(_judge_share(t) for t in turns.values()))
+
+
+def one_turn(client, card: Path, record: dict) -> None:
+    if isinstance(client, InProcess):
+        return in_process_turn(client, card, record)
+    message = {"text": PROMPT, "files": [handle_file(str(card))]}
     start = time.perf_counter()
     job = client.submit(message, *SETTINGS, api_name="/compare")
     first = None
@@ -91,6 +126,7 @@ def summary(rounds: list[dict]) -> dict:
     share = [t["judge_share"] for r in rounds for t in r["turns"]]
     return {"tok_s": statistics.median(throughput), "tok_s_iqr": _q(throughput, 0.75) - _q(throughput, 0.25),
             "p50": statistics.median(slowest), "p95": _q(slowest, 0.95), "first_p50": statistics.median(first),
+            "first_iqr": _q(first, 0.75) - _q(first, 0.25),
             "judge_share": statistics.median(share)}
 
 
@@ -98,33 +134,41 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--users", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--reference-users", type=int, nargs="+", default=[1, 8],
+                        help="user counts for the one-generate-per-request server")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     servers = {"batched": start_server(True), "one generate per request": start_server(False)}
+    users_of = {"batched": args.users, "one generate per request": args.reference_users, "in process, no server": [1]}
     try:
-        clients = {name: [Client(url, verbose=False) for _ in range(max(args.users))]
+        clients = {name: [Client(url, verbose=False) for _ in range(max(users_of[name]))]
                    for name, (_, url) in servers.items()}
-        for name in servers:  # warm-up: load, compile, first-request costs
+        clients["in process, no server"] = [InProcess()]
+        for name in clients:  # warm-up: load, compile, first-request costs
             one_round(clients[name][:1])
-        results = {(name, u): [] for name in servers for u in args.users}
-        for _ in range(args.rounds):
-            for users in args.users:
-                for name in servers:
-                    results[(name, users)].append(one_round(clients[name][:users]))
+        results = {(name, u): [] for name in clients for u in users_of[name]}
+        for _ in range(args.rounds):  # interleaved: every variant and user count once per round
+            for users in sorted(set(args.users) | set(args.reference_users)):
+                for name in clients:
+                    if users in users_of[name]:
+                        results[(name, users)].append(one_round(clients[name][:users]))
     finally:
         for demo, _ in servers.values():
             demo.close()
     table = {key: summary(rounds) for key, rounds in results.items()}
-    base = table[("one generate per request", 1)]
+    base = table[("batched", 1)]
     print(f"n = {args.rounds} rounds per row; each user sends one card to /compare (both columns, judge, "
-          "base loop on); bundled models on CPU\n")
+          "base loop on); bundled models on CPU; ratios against one user of the batched server\n")
     print("| variant | users | aggregate tok/s (median ± IQR) | × 1 user | slowest turn p50 / p95 (s) | p95 × 1 user "
-          "| first update p50 (s) | judge share |")
+          "| first update (median ± IQR, s) | judge share |")
     print("|---|---|---|---|---|---|---|---|")
     for (name, users), s in table.items():
         print(f"| {name} | {users} | {s['tok_s']:.0f} ± {s['tok_s_iqr']:.0f} | {s['tok_s'] / base['tok_s']:.2f} "
-              f"| {s['p50']:.2f} / {s['p95']:.2f} | {s['p95'] / base['p95']:.2f} | {s['first_p50']:.2f} "
+              f"| {s['p50']:.2f} / {s['p95']:.2f} | {s['p95'] / base['p95']:.2f} | {s['first_p50']:.2f} ± {s['first_iqr']:.2f} "
               f"| {100 * s['judge_share']:.0f}% |")
+    own = table[("in process, no server", 1)]["first_p50"]
+    print(f"\nfirst update through the server, one user: {table[('batched', 1)]['first_p50'] - own:+.2f} s over the "
+          "in-process first event")
     if args.json:
         args.json.write_text(json.dumps({f"{n}|{u}": r for (n, u), r in results.items()}, indent=1))
     return 0

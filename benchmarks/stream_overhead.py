@@ -1,13 +1,22 @@
-"""What streaming and the side-by-side session cost: `python benchmarks/stream_overhead.py [--repeats 5]`.
+"""What streaming costs: `python benchmarks/stream_overhead.py [--rounds 20] [--tokens 128] [--json out.json]`.
 
-Rows: plain `model.generate` (no streamer), the streaming engine (thread + TextIteratorStreamer + stop
-criterion), one column's full safety-loop turn (draft + GRM), and both columns at once versus one after
-the other. Prints a table of medians; run it on the machine you care about (defaults: bundled models, CPU).
+Variants, interleaved round by round (each round runs every variant once, in a rotated order) so machine
+noise hits them alike, on mini-base with an example card, greedy, every request forced to exactly --tokens
+new tokens (end of sequence suppressed):
+
+- `model.generate` on a worker thread, no streamer: the reference;
+- the streaming engine (`TransformersEngine.start`: its own thread, a streamer, the stop criterion);
+- the batching engine with one user (`BatchingEngine`: the app's default worker).
+
+Everything runs on a worker thread, as the app runs it (the main thread's OpenMP behaviour differs). Prints
+tokens/s and time to first token (median, IQR) and the ratio to `generate`; --json writes the raw rounds.
+`model.generate`'s first token is timed as a one-token generate, also on a worker thread.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import threading
@@ -18,80 +27,91 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from saferdemo.app.models import DEFAULTS
-from saferdemo.app.session import Column, Comparison
-from saferdemo.engines.base import GenerationParams, collect
-from saferdemo.engines.transformers_engine import TransformersEngine
-from saferdemo.images import load_image
-from saferdemo.judge import GRMClient, rubric_of
-from saferdemo.prompts import user_turn
-from saferdemo.safety_loop import LoopConfig, run_turn
+from saferdemo.app.models import DEFAULTS  # noqa: E402
+from saferdemo.engines.base import GenerationParams, collect  # noqa: E402
+from saferdemo.engines.batching import BatchingEngine  # noqa: E402
+from saferdemo.engines.transformers_engine import TransformersEngine  # noqa: E402
+from saferdemo.images import load_image  # noqa: E402
+from saferdemo.prompts import user_turn  # noqa: E402
 
 CARD = Path(__file__).resolve().parent.parent / "assets" / "examples" / "3-household.png"
-PROMPT = "Complete the list on this card, step by step."
+MESSAGES = [user_turn("Complete the list on this card, step by step.")]
 
 
-def timed(fn, repeats: int) -> tuple[float, int]:
-    seconds, tokens = [], 0
-    for _ in range(repeats):
+def on_worker(fn):
+    """fn() run on a fresh thread, as the app's generation runs; returns its result."""
+    box = {}
+    thread = threading.Thread(target=lambda: box.update(result=fn()))
+    thread.start()
+    thread.join()
+    return box["result"]
+
+
+def plain_generate(engine: TransformersEngine, image, tokens: int) -> dict:
+    def run():
+        inputs = engine._inputs([engine.prompt_text(MESSAGES)], [image])
         start = time.perf_counter()
-        tokens = fn()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), tokens
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    args = parser.parse_args()
-    engines = {role: TransformersEngine.from_pretrained(DEFAULTS[role], args.device, name=role) for role in DEFAULTS}
-    judge = GRMClient(engines["grm"], rubric_of(DEFAULTS["grm"]))
-    image, messages = load_image(CARD), [user_turn(PROMPT)]
-    params = GenerationParams(max_new_tokens=args.max_new_tokens)
-    base = engines["base"]
-
-    def plain():
-        inputs = base.processor(text=[base.prompt_text(messages)], images=[image], return_tensors="pt").to(base.model.device)
         with torch.inference_mode():
-            out = base.model.generate(**inputs, max_new_tokens=params.max_new_tokens, do_sample=False)
-        return out.shape[1] - inputs["input_ids"].shape[1]
+            engine.model.generate(**inputs, max_new_tokens=1, do_sample=False)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = engine.model.generate(**inputs, max_new_tokens=tokens, do_sample=False)
+        seconds = time.perf_counter() - start
+        return {"ttft_s": first, "tok_s": (out.shape[1] - inputs["input_ids"].shape[1]) / seconds}
 
-    def streamed():
-        generation = base.start(messages, [image], params, threading.Event())
+    return on_worker(run)
+
+
+def streamed(engine, image, tokens: int) -> dict:
+    def run():
+        start = time.perf_counter()
+        generation = engine.start(MESSAGES, [image], GenerationParams(max_new_tokens=tokens), threading.Event())
         collect(generation)
-        return generation.stats.tokens
+        return {"ttft_s": generation.stats.first_token_at - start,
+                "tok_s": generation.stats.tokens / (time.perf_counter() - start)}
 
-    def one_column():
-        turns = list(run_turn(base, judge, messages, [image], PROMPT, params, LoopConfig(enabled=False), threading.Event()))
-        return turns[-1].draft_stats.tokens
+    return on_worker(run)
 
-    columns = [Column("base", engines["base"], LoopConfig(False)), Column("aligned", engines["aligned"], LoopConfig(False))]
 
-    def side_by_side():
-        for _ in Comparison(columns, judge).run([], PROMPT, [image], params):
-            pass
-        return 0
+def _stats(values: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(values, n=4)
+    return statistics.median(values), q[2] - q[0]
 
-    def one_after_the_other():
-        for column in columns:
-            for _ in Comparison([column], judge).run([], PROMPT, [image], params):
-                pass
-        return 0
 
-    rows = [("model.generate, no streaming", plain), ("engine: streamed (thread + streamer)", streamed),
-            ("one column: draft + GRM", one_column), ("two columns, concurrently", side_by_side),
-            ("two columns, one after the other", one_after_the_other)]
-    timed(streamed, 1)  # warm-up
-    print(f"device: {base.model.device}, torch threads: {torch.get_num_threads()}, repeats: {args.repeats}\n")
-    print(f"| {'what':<38} | median s | tokens | tokens/s |")
-    print(f"|{'-' * 40}|----------|--------|----------|")
-    for label, fn in rows:
-        seconds, tokens = timed(fn, args.repeats)
-        rate = f"{tokens / seconds:8.1f}" if tokens else "       -"
-        print(f"| {label:<38} | {seconds:8.3f} | {tokens or '-':>6} | {rate} |")
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    engine = TransformersEngine.from_pretrained(DEFAULTS["base"], "cpu", name="base")
+    engine.model.generation_config.eos_token_id = None  # forced length: every variant makes --tokens tokens
+    image = load_image(CARD)
+    variants = {"model.generate (worker thread, no streamer)": lambda: plain_generate(engine, image, args.tokens),
+                "streaming engine (TransformersEngine.start)": lambda: streamed(engine, image, args.tokens),
+                "batching engine, one user (BatchingEngine)": lambda: streamed(batching, image, args.tokens)}
+    batching = BatchingEngine(engine)
+    for run in variants.values():  # warm-up
+        run()
+    rounds = {name: [] for name in variants}
+    names = list(variants)
+    for i in range(args.rounds):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            rounds[name].append(variants[name]())
+    reference = statistics.median(r["tok_s"] for r in rounds[names[0]])
+    print(f"n = {args.rounds} interleaved rounds, {args.tokens} forced new tokens, mini-base on CPU, "
+          f"torch threads {torch.get_num_threads()}\n")
+    print("| variant | tok/s (median ± IQR) | × generate | time to first token (median ± IQR, ms) |")
+    print("|---|---|---|---|")
+    for name, records in rounds.items():
+        rate, rate_iqr = _stats([r["tok_s"] for r in records])
+        first, first_iqr = _stats([1000 * r["ttft_s"] for r in records])
+        print(f"| {name} | {rate:.0f} ± {rate_iqr:.0f} | {rate / reference:.2f} | {first:.0f} ± {first_iqr:.0f} |")
+    if args.json:
+        args.json.write_text(json.dumps(rounds, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -111,3 +111,37 @@ def test_a_failing_batch_is_retried_row_by_row(engines):
         batching.model.generate = original
     assert isinstance(results[0], EngineError) and "ran out of memory" in str(results[0])
     assert results[1] == alone(plain, CARDS[1], params=GenerationParams(max_new_tokens=14))
+
+
+def test_a_request_arriving_mid_batch_joins_it_at_a_step_boundary(engines):
+    """The running rows continue from their own tokens in the new batch: everyone's answer is still their
+    answer alone (greedy), including a text-only newcomer next to card rows."""
+    plain, batching = engines
+    long, short = GenerationParams(max_new_tokens=96), GenerationParams(max_new_tokens=30)
+    joins, before = batching.joins, len(batching.batches)
+    first = batching.start(*request(CARDS[0], params=long))
+    chunks = iter(first)
+    text = next(chunks) + next(chunks) + next(chunks)  # it is streaming: the batch is running
+    second = batching.start(*request(CARDS[1], "What is on this card?", short))
+    words = ([user_turn("Name three colours.", with_image=False)], [], short, threading.Event())
+    third = batching.start(*words)
+    text += "".join(chunks)
+    assert text == alone(plain, CARDS[0], params=long)
+    assert collect(second) == alone(plain, CARDS[1], "What is on this card?", short)
+    assert collect(third) == collect(plain.start(*words[:3], threading.Event()))
+    assert batching.joins > joins and max(batching.batches[before:]) >= 2
+
+
+def test_a_seeded_batch_takes_no_joiners(engines):
+    """A seed means the same sample again: a restart would change the random stream."""
+    plain, batching = engines
+    seeded = GenerationParams(max_new_tokens=64, temperature=1.0, seed=11)
+    joins = batching.joins
+    first = batching.start(*request(CARDS[2], params=seeded))
+    chunks = iter(first)
+    text = next(chunks)
+    late = batching.start(*request(CARDS[3], params=seeded))
+    text += "".join(chunks)
+    assert batching.joins == joins
+    assert text == collect(plain.start(*request(CARDS[2], params=seeded)))
+    assert collect(late) == collect(plain.start(*request(CARDS[3], params=seeded)))

@@ -75,6 +75,8 @@ def test_flagged_drafts_are_reflected_and_replaced_with_the_real_tokenizer(real_
     trainer = ScriptedTrainer(real_tokenizer, [COMPLY, REFUSE], [REFLECTION])
     out, log = rollout(trainer)
     assert log.totals() == {"drafts": 2, "flagged": 1, "reflected": 1, "corrected": 1}
+    assert list(log.steps[0]["seconds"]) == ["sample", "judge", "reflect", "rejudge"]  # benchmarks/grpo_step.py
+    assert all(s >= 0 for s in log.steps[0]["seconds"].values())
     assert out["revised"] == [True, False]
     assert real_tokenizer.decode(out["completion_ids"][0], skip_special_tokens=True) == REFUSE
     assert out["completion_ids"][0][-1] == IM_END  # still a finished completion for TRL

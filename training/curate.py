@@ -168,3 +168,26 @@ def _plot(rows: list[dict], config: CurationConfig, path: Path) -> None:
     fig.update_layout(title="QI-Safe curation: GRM reward per prompt (K samples)",
                       xaxis_title="mean reward", yaxis_title="reward standard deviation")
     fig.write_html(path, include_plotlyjs=True)
+
+
+def curated_dataset(curation_dir, rows: list[dict]):
+    """A TRL dataset from curated rows (their cards are files under `curation_dir`)."""
+    from PIL import Image
+
+    def load(path):
+        with Image.open(curation_dir / path) as image:
+            return image.convert("RGB")
+
+    return prompt_dataset([{**row, "image": load(row["image"])} for row in rows])
+
+
+def prompt_dataset(rows: list[dict]):
+    """A TRL dataset: conversational prompt (TRL inserts the image), the card (a PIL image), the request."""
+    from datasets import Dataset
+
+    return Dataset.from_dict({
+        "prompt": [[{"role": "user", "content": row["prompt"]}] for row in rows],
+        "image": [row["image"] for row in rows],
+        "request": [row["prompt"] for row in rows],
+        "label": [row["label"] for row in rows],
+    })

@@ -31,6 +31,7 @@ Details and measurements: notes/trl-grpo-1.16.md.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,17 @@ class RolloutLog:
         return {k: sum(s[k] for s in self.steps) for k in keys}
 
 
+class _Clock:
+    """Seconds per rollout phase (sample, judge, reflect, rejudge): where a GRPO step's rollout time goes."""
+
+    def __init__(self):
+        self.laps, self._last = {}, time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase], self._last = round(now - self._last, 4), now
+
+
 def flagged(result: JudgeResult) -> bool:
     """Training reflects only on drafts the GRM actually judged unsafe (no judgement: no critique to use)."""
     return result.unsafe
@@ -111,18 +123,22 @@ class SafetyAwareRollout:
 
     def __call__(self, prompts: list, trainer) -> dict:
         n = trainer.num_generations if trainer.model.training else trainer.num_generations_eval
+        clock = _Clock()
         prompt_ids, images, mm_fields = trainer._tokenize_prompts(prompts)
         completion_ids, logprobs = trainer._generate_single_turn(prompt_ids, images, mm_fields, n)
         completion_ids = [list(ids) for ids in completion_ids]
         drafts = trainer.processing_class.batch_decode(completion_ids, skip_special_tokens=True)
+        clock.lap("sample")
         rows = trainer._rollout_rows  # the dataset rows, in the same order (see SaferGRPOTrainer)
         requests, cards = [row["request"] for row in rows], [row["image"] for row in rows]
         results = self.judge.judge_batch(cards, requests, drafts)
+        clock.lap("judge")
         to_reflect = [i for i, result in enumerate(results) if flagged(result)]
         revised = [False] * len(drafts)
         for i, ids in zip(to_reflect, self._reflect(trainer, prompts, drafts, results, to_reflect)):
             if ids:  # TRL cannot take an empty completion: keep the draft then
                 completion_ids[i], revised[i] = ids, True
+        clock.lap("reflect")
         if logprobs is not None:  # vLLM: a corrected response was not sampled from the prompt alone; NaN makes
             for i in to_reflect:  # TRL's importance ratio exactly 1 for its tokens (no off-policy correction)
                 if revised[i]:
@@ -131,8 +147,9 @@ class SafetyAwareRollout:
         finals = trainer.processing_class.batch_decode([completion_ids[i] for i in again], skip_special_tokens=True)
         for i, result in zip(again, self.judge.judge_batch([cards[i] for i in again], [requests[i] for i in again], finals)):
             results[i] = result
+        clock.lap("rejudge")
         self._log(trainer, {"drafts": len(drafts), "flagged": len(to_reflect), "reflected": len(again),
-                            "corrected": sum(1 for i in again if not flagged(results[i]))})
+                            "corrected": sum(1 for i in again if not flagged(results[i])), "seconds": clock.laps})
         return {
             "prompt_ids": prompt_ids,  # the ORIGINAL prompt: corrections are trained as its completions
             "completion_ids": completion_ids,
@@ -265,20 +282,3 @@ def save_merged(trainer, processor, model_dir: Path, dtype=None) -> None:
         load_model(adapter, "cpu", dtype).save_pretrained(model_dir)
         save_processor(processor, model_dir)
     trainer.accelerator.wait_for_everyone()
-
-
-def curated_dataset(curation_dir, rows: list[dict]):
-    """A TRL dataset from curated rows: conversational prompt (TRL inserts the image), the card, the request."""
-    from datasets import Dataset
-    from PIL import Image
-
-    def load(path):
-        with Image.open(curation_dir / path) as image:
-            return image.convert("RGB")
-
-    return Dataset.from_dict({
-        "prompt": [[{"role": "user", "content": row["prompt"]}] for row in rows],
-        "image": [load(row["image"]) for row in rows],
-        "request": [row["prompt"] for row in rows],
-        "label": [row["label"] for row in rows],
-    })

@@ -23,8 +23,8 @@ from saferdemo.engines.transformers_engine import TransformersEngine
 from saferdemo.images import InputError
 from saferdemo.judge import GRMClient, rubric_of
 from saferdemo.loading import load_model, load_processor, pick_dtype
-from training.curate import curate
-from training.grpo import curated_dataset, save_merged, train_safer
+from training.curate import curate, curated_dataset
+from training.grpo import save_merged, train_safer
 from training.recipes import SaferConfig, SaferRecipe
 
 

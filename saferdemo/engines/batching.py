@@ -1,16 +1,25 @@
 """Many users, one model: a worker per model runs the requests of all live turns as batched `generate` calls.
 
 Every column of every user used to run its own batch-1 `generate` in its own thread: more users added GIL
-contention and no throughput. `BatchingEngine` wraps a `TransformersEngine`: `start` checks the request's
+contention and no throughput. `BatchingEngine` wraps a `TransformersEngine`: `start` prepares the request's
 inputs in the caller's thread (a bad image fails that request alone) and queues it; one worker thread takes
-what has gathered (up to `max_batch`), groups it by sampling settings (temperature, top-p and seed apply to a
-whole `generate` call), and runs each group as one left-padded batch with images. Each row streams to its own
-consumer as tokens arrive and finishes as soon as IT is done (end of sequence, its own max new tokens, its
-Stop), while its batch-mates go on. Requests that arrive while a batch runs join the next one.
-(transformers' continuous batching, `generate_batch`, takes token ids only: no images, checked in 5.24.)
+what has gathered (up to `max_batch` rows of one sampling group: temperature, top-p and seed apply to a whole
+`generate` call) and runs it as one left-padded batch with images. Each row streams to its own consumer as
+tokens arrive and finishes as soon as IT is done (end of sequence, its own max new tokens, its Stop), while
+its batch-mates go on.
 
-A failure of a whole batch (out of memory) is retried row by row for the rows that had produced nothing yet,
-so it reaches only the rows that fail on their own.
+Requests join a running batch at a step boundary (continuous batching by recomputation): when a request of
+the batch's group is waiting, the worker ends the running `generate` at the next step and starts a new one
+over the old rows' prompts plus the tokens they have made so far, and the newcomers. The old rows' KV cache
+is recomputed in one prefill, so a join costs about one prefill; to bound that, a batch takes joiners only
+once it has run at least as long as its own prefill took (at most half of the time goes to re-prefills,
+whatever the arrivals). This is how the two columns' judge calls of a turn, which finish their drafts at
+different moments, meet in one batch. Seeded groups never take joiners: a seed means the same sample
+again, and a restart would change the random stream. (transformers' continuous batching, `generate_batch`,
+takes token ids only: no images, checked in 5.24.)
+
+A failure of a whole batch (out of memory) is retried row by row, each row continuing from its own tokens,
+so the error reaches only the rows that fail on their own.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import atexit
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -38,10 +47,11 @@ class BatchedGeneration(StreamingGeneration):
 
 @dataclass
 class Request:
-    prompt: str
-    images: list
+    inputs: dict  # this request's processor outputs, one row (input ids, mask, its images' pixels)
     params: GenerationParams
     generation: BatchedGeneration
+    tokens: list[int] = field(default_factory=list)  # generated so far (a restarted batch continues from them)
+    shown: int = 0  # characters of the decoded tokens already streamed
 
     @property
     def group(self) -> tuple:
@@ -49,57 +59,75 @@ class Request:
         p = self.params
         return (p.temperature > 0, p.temperature, p.top_p, p.seed)
 
+    @property
+    def joinable(self) -> bool:
+        return self.params.seed is None
+
 
 class _Rows(BaseStreamer, StoppingCriteria):
-    """Streams each row's new tokens to its consumer, and tells `generate` which rows are finished."""
+    """One `generate` call: streams each row's new tokens to its consumer, tells `generate` which rows are
+    finished, and ends the call early (all rows, none finished) when waiting requests should join."""
 
-    def __init__(self, tokenizer, requests: list[Request], eos_ids: set[int]):
+    def __init__(self, tokenizer, requests: list[Request], eos_ids: set[int], should_join=None):
         self.tokenizer, self.requests, self.eos_ids = tokenizer, requests, eos_ids
-        self.tokens: list[list[int]] = [[] for _ in requests]
-        self.shown = [0] * len(requests)
-        self.prompt_seen = False
+        self.should_join = should_join  # () -> bool, asked at each step once the batch has run long enough
+        self.prompt_seen, self.joining = False, False
+        self.started, self.first_step_at = time.perf_counter(), None
 
     def put(self, value):
         if not self.prompt_seen:  # generate passes the prompt first
             self.prompt_seen = True
             return
+        self.first_step_at = self.first_step_at or time.perf_counter()
         for row, token in enumerate(value.reshape(-1).tolist()):
             request = self.requests[row]
-            generation = request.generation
-            if generation.done:
+            if request.generation.done:
                 continue
             if token in self.eos_ids:
-                self._finish(row)
+                _finish(self.tokenizer, request)
                 continue
-            self.tokens[row].append(token)
-            generation.stats.tokens += 1
-            self._emit(row)
-            if len(self.tokens[row]) >= request.params.max_new_tokens:
-                self._finish(row)
+            request.tokens.append(token)
+            request.generation.stats.tokens += 1
+            self._emit(request)
+            if len(request.tokens) >= request.params.max_new_tokens:
+                _finish(self.tokenizer, request)
 
     def end(self):
-        for row in range(len(self.requests)):
-            self._finish(row)
+        """Rows are finished by the worker after `generate` returns: rows ended early for joiners go on."""
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-        for row, request in enumerate(self.requests):
+        for request in self.requests:
             if request.generation.stop.is_set():
-                self._finish(row)
-        return torch.tensor([r.generation.done for r in self.requests], dtype=torch.bool, device=input_ids.device)
+                _finish(self.tokenizer, request)
+        done = [r.generation.done for r in self.requests]
+        if not all(done) and self._join_now():
+            self.joining = True
+            done = [True] * len(done)
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
-    def _emit(self, row: int) -> None:
-        text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+    def _join_now(self) -> bool:
+        if self.should_join is None or self.first_step_at is None:
+            return False
+        prefill_s = self.first_step_at - self.started
+        return time.perf_counter() - self.first_step_at >= prefill_s and self.should_join()
+
+    def _emit(self, request: Request) -> None:
+        text = self.tokenizer.decode(request.tokens, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
             return
-        self.requests[row].generation.emit(text[self.shown[row]:])
-        self.shown[row] = len(text)
+        request.generation.emit(text[request.shown:])
+        request.shown = len(text)
 
-    def _finish(self, row: int) -> None:
-        generation = self.requests[row].generation
-        if not generation.done:
-            generation.done = True
-            generation.emit(self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)[self.shown[row]:])
-            generation.finish()
+    def unfinished(self) -> list[Request]:
+        return [r for r in self.requests if not r.generation.done]
+
+
+def _finish(tokenizer, request: Request) -> None:
+    generation = request.generation
+    if not generation.done:
+        generation.done = True
+        generation.emit(tokenizer.decode(request.tokens, skip_special_tokens=True)[request.shown:])
+        generation.finish()
 
 
 class BatchingEngine:
@@ -111,7 +139,8 @@ class BatchingEngine:
         self.max_batch, self.gather_s = max_batch, gather_s
         self._waiting: deque[Request] = deque()
         self._arrived = threading.Condition()
-        self.batches: list[int] = []  # the size of every batch run (for tests and benchmarks)
+        self.batches: list[int] = []  # the size of every generate call (for tests and benchmarks)
+        self.joins = 0  # generate calls ended early so that waiting requests could join
         # A row is handed back at its own end, so the caller may finish while `generate` takes its last step
         # for the batch: at exit, wait for that step (a daemon thread frozen inside torch aborts the process).
         self._idle = threading.Event()
@@ -127,71 +156,121 @@ class BatchingEngine:
 
     def start(self, messages, images, params: GenerationParams, stop: threading.Event) -> BatchedGeneration:
         prompt = self.prompt_text(messages)
-        self.engine._inputs([prompt], list(images))  # a bad input fails here, for this request alone
+        inputs = self.engine._inputs([prompt], list(images))  # a bad input fails here, for this request alone
         generation = BatchedGeneration(stop, params.max_new_tokens, self.name, prompt.rstrip().endswith(THINK_OPEN))
         with self._arrived:
-            self._waiting.append(Request(prompt, list(images), params, generation))
+            self._waiting.append(Request(dict(inputs), params, generation))
             self._arrived.notify()
         return generation
 
     # ---------------------------------------------------------------- the worker
 
     def _work(self) -> None:
+        running: list[Request] = []  # rows of a batch that ended early for joiners
         while True:
             with self._arrived:
-                while not self._waiting:
+                while not self._waiting and not running:
                     self._arrived.wait()
             self._idle.clear()
+            batch = running
             try:
-                time.sleep(self.gather_s)  # let the other requests of the same moment arrive
-                for batch in self._take():
-                    self._run(batch)
+                if not running:
+                    time.sleep(self.gather_s)  # let the other requests of the same moment arrive
+                batch = running + self._take(running[0].group if running else None, self.max_batch - len(running))
+                running = self._run(batch) if batch else []
+            except Exception as error:  # a bug here must reach these rows' users, never end the worker
+                self._fail(batch, EngineError(f"Generation failed: {type(error).__name__}: {error}"))
+                running = []
             finally:
                 self._idle.set()
 
-    def _take(self) -> list[list[Request]]:
-        """What has gathered, as batches of one sampling group each (at most max_batch rows)."""
+    def _take(self, group: tuple | None, room: int) -> list[Request]:
+        """Waiting requests of `group` (default: the oldest one's), in arrival order, at most `room`."""
+        taken = []
         with self._arrived:
-            taken = [self._waiting.popleft() for _ in range(min(self.max_batch, len(self._waiting)))]
-        groups: dict[tuple, list[Request]] = {}
-        for request in taken:
-            if request.generation.stop.is_set():  # stopped while waiting
-                request.generation.done = True
-                request.generation.finish()
-                continue
-            groups.setdefault(request.group, []).append(request)
-        return list(groups.values())
+            for request in list(self._waiting):
+                if request.generation.stop.is_set():  # stopped while waiting
+                    self._waiting.remove(request)
+                    _finish(self.processor.tokenizer, request)
+                    continue
+                group = request.group if group is None else group
+                if request.group == group and len(taken) < room:
+                    self._waiting.remove(request)
+                    taken.append(request)
+        return taken
 
-    def _run(self, batch: list[Request]) -> None:
+    def _should_join(self, batch: list[Request]) -> bool:
+        """Whether to end this batch's generate now: the oldest waiting request can join it. (Requests of
+        other settings ahead in the queue are not passed over: the batch drains and they go next.)"""
+        with self._arrived:
+            head = self._waiting[0] if self._waiting else None
+            return (head is not None and head.group == batch[0].group and not head.generation.stop.is_set()
+                    and sum(not r.generation.done for r in batch) < self.max_batch)
+
+    def _run(self, batch: list[Request], joinable: bool = True) -> list[Request]:
+        """One generate call over `batch`; returns the rows that ended early for joiners."""
         self.batches.append(len(batch))
-        rows = _Rows(self.processor.tokenizer, batch, self._eos_ids())
+        joinable = joinable and batch[0].joinable
+        rows = _Rows(self.processor.tokenizer, batch, self._eos_ids(),
+                     (lambda: self._should_join(batch)) if joinable else None)
         params = batch[0].params
         try:
-            inputs = self.engine._inputs([r.prompt for r in batch], [i for r in batch for i in r.images])
             if params.seed is not None:
                 torch.manual_seed(params.seed)
             with torch.inference_mode():
-                self.model.generate(**inputs, streamer=rows, stopping_criteria=StoppingCriteriaList([rows]),
-                                    max_new_tokens=max(r.params.max_new_tokens for r in batch),
+                self.model.generate(**self._batch_inputs(batch), streamer=rows,
+                                    stopping_criteria=StoppingCriteriaList([rows]),
+                                    max_new_tokens=max(r.params.max_new_tokens - len(r.tokens) for r in batch),
                                     **sampling_kwargs(params))
         except Exception as error:
-            self._failed(batch, rows, error)
-        finally:
-            rows.end()
+            self._failed(rows.unfinished(), error)
+            return []
+        if rows.joining:
+            self.joins += 1
+            return rows.unfinished()
+        for request in rows.unfinished():  # generate ended them (its own end of sequence or length)
+            _finish(self.processor.tokenizer, request)
+        return []
 
-    def _failed(self, batch: list[Request], rows: _Rows, error: Exception) -> None:
-        fresh = [r for row, r in enumerate(batch) if not rows.tokens[row] and not r.generation.done]
-        if len(batch) > 1 and fresh:  # find the row that fails on its own; the others run again alone
-            for request in fresh:
-                request.generation.done = True  # this batch's streamer lets go of it
-            for request in fresh:
-                request.generation.done = False
-                self._run([request])
-            batch = [r for r in batch if r not in fresh]
-        message = error.args[0] if isinstance(error, EngineError) else describe_error(error)
-        for request in batch:
+    def _batch_inputs(self, batch: list[Request]) -> dict:
+        """The rows' prompts plus their tokens so far, padded on the left; their images' tensors concatenated.
+
+        A per-token tensor (input ids, attention mask, token types) is one with the prompt's length: its
+        continuation is the new tokens in input ids, 1 in the mask and 0 (text) in the others."""
+        per_token: dict[str, list] = {}
+        stacked: dict[str, list] = {}
+        for i, r in enumerate(batch):
+            ids = r.inputs["input_ids"]
+            new = torch.tensor(r.tokens, dtype=ids.dtype, device=ids.device)
+            for key, value in r.inputs.items():
+                if torch.is_tensor(value) and value.shape == ids.shape:
+                    tail = new if key == "input_ids" else torch.full_like(new, int(key == "attention_mask"))
+                    per_token.setdefault(key, [None] * len(batch))[i] = torch.cat([value[0], tail.to(value.dtype)])
+                elif torch.is_tensor(value):  # an image's pixels and grid: rows' images in order
+                    stacked.setdefault(key, []).append(value)
+        lengths = [r.inputs["input_ids"].shape[-1] + len(r.tokens) for r in batch]
+        device = batch[0].inputs["input_ids"].device
+        pad = self.processor.tokenizer.pad_token_id
+        pad = self.processor.tokenizer.eos_token_id if pad is None else pad
+        out = {}
+        for key, rows in per_token.items():
+            fill = pad if key == "input_ids" else 0
+            rows = [torch.zeros(n, dtype=torch.long, device=device) if row is None else row for row, n in zip(rows, lengths)]
+            out[key] = torch.stack([torch.cat([row.new_full((max(lengths) - len(row),), fill), row]) for row in rows])
+        return out | {key: torch.cat(values) for key, values in stacked.items()}
+
+    def _failed(self, unfinished: list[Request], error: Exception) -> None:
+        if len(unfinished) > 1:  # find the rows that fail on their own; each continues alone from its tokens
+            for request in unfinished:
+                self._run([request], joinable=False)
+            return
+        self._fail(unfinished, error if isinstance(error, EngineError) else EngineError(describe_error(error)))
+
+    def _fail(self, requests: list[Request], error: EngineError) -> None:
+        for request in requests:
             if not request.generation.done:
-                request.generation.fail(EngineError(message))
+                request.generation.fail(error)
+                _finish(self.processor.tokenizer, request)
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
