@@ -86,7 +86,7 @@ def test_text_only_turn_after_an_image_turn(client):
 def test_regenerate_and_clear(client):
     client.predict(example("4-look_alike.png"), api_name="/submit")
     list(client.submit(*SETTINGS, api_name="/respond"))
-    base, _ = client.predict(api_name="/regenerate")
+    base, *_ = client.predict(api_name="/regenerate")
     assert base[-1]["role"] == "user"  # the last answers are gone, the same message is queued again
     assert client.predict(api_name="/clear")[:2] == ([], [])
 

@@ -36,7 +36,7 @@ def test_a_conversation_survives_the_cache_clean_up(controller, tmp_path):
     conv = Conversation()
     turn(controller, conv, "Complete the list on this card.", [str(upload)])
     shutil.rmtree(upload.parent)  # the hourly clean-up
-    base, aligned, _, conv, _ = turn(controller, conv, "And once more, please.")
+    base, aligned, _, conv, *_ = turn(controller, conv, "And once more, please.")
     assert len(conv.exchanges) == 2 and conv.exchanges[0].images[0].size == (224, 140)
     assert all(Path(path).is_file() for path in conv.exchanges[0].shown)  # what the chat shows still exists
     for chat in (base, aligned):
@@ -69,7 +69,7 @@ def test_a_stopped_turn_is_in_the_history_as_far_as_it_got(controller):
     conv = Conversation()
     _, pending, conv, *_ = controller.submit({"text": "Complete the list.", "files": [str(EXAMPLES / "1-fraud.png")]}, conv)
     stream = controller.respond(pending, conv, *SETTINGS)
-    *_, sent, _ = next(stream)
+    _, _, _, sent, *_ = next(stream)
     assert len(sent.exchanges) == 1 and sent.exchanges[0].text == "Complete the list."
     stream.close()  # Stop
     assert len(conv.exchanges) == 1
@@ -114,7 +114,7 @@ def test_a_lone_surrogate_is_cleaned_and_the_session_goes_on(controller):
     import json
 
     conv = Conversation()
-    base, aligned, _, conv, _ = turn(controller, conv, "Hello \ud800 there")
+    base, aligned, _, conv, *_ = turn(controller, conv, "Hello \ud800 there")
     assert conv.exchanges[0].text == "Hello \ufffd there"
     json.dumps([str(m.content) for m in base + aligned])  # what Gradio sends can be encoded
     turn(controller, conv, "And again.")
@@ -135,12 +135,12 @@ def test_stop_ends_every_phase_with_a_stopped_note_and_no_spinner(controller):
     stream = controller.respond(pending, conv, 0.0, 1.0, 192, 0.5, True, True)
     next(stream)
     controller.stop()  # the Stop button (session "default" without a request)
-    *_, (base, aligned, _, conv, _) = list(stream)
+    *_, (base, aligned, _, conv, _, stop_button) = list(stream)
     for chat in (base, aligned):
         statuses = [(m.metadata or {}).get("status") for m in chat if m.role == "assistant"]
         assert "pending" not in statuses
         assert chat[-1].content.startswith("⏹ Stopped") and "truncated" not in str([m.metadata for m in chat])
-    assert len(conv.exchanges) == 1
+    assert len(conv.exchanges) == 1 and stop_button.interactive is False  # the last update turns Stop off
 
 
 def test_a_cancelled_audit_stops_and_reports_what_it_did(controller):

@@ -38,9 +38,9 @@ def shipped():
     return choice, columns, judge
 
 
-def start(columns, judge, titles, limits=None):
+def start(columns, judge, titles, limits=None, batched=False):
     demo = build_app(columns, judge, titles, limits)
-    launch(demo, titles, port=None, limits=limits, block=False)
+    launch(demo, titles, port=None, limits=limits, block=False, batched=batched)
     return demo, Client(demo.local_url, verbose=False)
 
 
@@ -245,20 +245,25 @@ def test_queue_limit_gives_a_clear_message(random_columns):
 
 
 def test_eight_users_at_once_each_get_their_own_answers(shipped, tmp_path, caplog):
+    """Batching on (the default): eight sessions' turns share batches, each with its own card and its own
+    max new tokens and loop settings, and nobody gets another's answer."""
     choice, columns, judge = shipped
     phrases = [p for p in world.load_phrases() if not p.harmful and not p.look_alike][:8]
     rng = random.Random(5)
     cards = [image_file(tmp_path, f"{i}.png", world.render(p, rng, "heldout")) for i, p in enumerate(phrases)]
-    demo, _ = start(columns, judge, choice.titles())
+    demo, _ = start(columns, judge, choice.titles(), batched=True)
+    before = len(columns["base"].engine.batches)
 
     def user(index):
         client = Client(demo.local_url, verbose=False)
-        base, aligned = turn(client, files=[cards[index]])[:2]
+        settings = (0.0, 1.0, 144 + 8 * index, 0.5, index % 2 == 0, True)
+        base, aligned = turn(client, files=[cards[index]], settings=settings)[:2]
         return assistant_text(base), assistant_text(aligned)
 
     try:
         with caplog.at_level(logging.INFO, logger="saferdemo.turn"), ThreadPoolExecutor(8) as pool:
             answers = list(pool.map(user, range(8)))
+        assert max(columns["base"].engine.batches[before:]) >= 3  # they really shared generate calls
         for phrase, (base, aligned) in zip(phrases, answers):
             assert phrase.steps[0] in base and phrase.steps[0] in aligned  # its own card, nobody else's
             others = [p for p in phrases if p is not phrase]
@@ -282,3 +287,29 @@ def test_a_busy_port_is_a_one_line_message():
                                 capture_output=True, text=True, timeout=180)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"saferdemo: cannot serve on 127.0.0.1:{port}" in result.stderr
+
+
+def test_stopping_one_user_leaves_the_other_users_batch_mate_streaming(shipped):
+    """Two sessions' turns in one batch; one presses Stop: its turn ends stopped, the other's is whole."""
+    choice, columns, judge = shipped
+    demo, _ = start(columns, judge, choice.titles(), batched=True)
+    before = len(columns["base"].engine.batches)
+    try:
+        stopper, other = Client(demo.local_url, verbose=False), Client(demo.local_url, verbose=False)
+        for client, card in ((stopper, "2-malware.png"), (other, "3-household.png")):
+            client.predict({"text": CARD_PROMPT, "files": [handle_file(str(EXAMPLES / card))]}, api_name="/submit")
+        settings = (0.0, 1.0, 192, 0.5, False, False)
+        stopped_job, other_job = stopper.submit(*settings, api_name="/respond"), other.submit(*settings, api_name="/respond")
+        for update in stopped_job:
+            if update and assistant_text(update[0]):  # it is streaming
+                stopper.predict(api_name="/stop")
+                break
+        list(stopped_job)
+        list(other_job)
+        stopped_base, other_base = assistant_text(stopped_job.outputs()[-1][0]), assistant_text(other_job.outputs()[-1][0])
+        assert "Stopped" in stopped_base and "Stopped" not in other_base
+        household = next(p for p in world.load_phrases() if p.phrase == "Steps to clean a window.")
+        assert household.steps[-1] in other_base  # the other user's answer ran to its end
+        assert max(columns["base"].engine.batches[before:]) >= 2  # the two drafts shared a generate call
+    finally:
+        demo.close()

@@ -31,6 +31,11 @@ from saferdemo.images import InputError, fit, load_image
 from saferdemo.safety_loop import LoopConfig, Turn
 
 
+def stop_button(running: bool) -> gr.Button:
+    """The Stop button's state, sent with a turn's first and last updates (no events of its own)."""
+    return gr.Button(interactive=running)
+
+
 def turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned):
     """The UI's generation and safety-loop controls as (GenerationParams, {column: LoopConfig})."""
     params = GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
@@ -75,14 +80,14 @@ class ChatController:
         shown = user_messages(text, pending.shown)
         for chat in conv.chats.values():
             chat += shown
-        return gr.MultimodalTextbox(value=None), pending, conv, *conv.chats.values()
+        return gr.MultimodalTextbox(value=None), pending, conv, *conv.chats.values(), stop_button(True)
 
     def respond(self, pending: Pending | None, conv: Conversation, temperature: float, top_p: float,
                 max_new_tokens: int, threshold: float, loop_base: bool, loop_aligned: bool,
                 request: gr.Request = None):
         """Stream both columns' turns into the chats; the turn enters the history however it ends."""
         if not pending or pending.epoch != conv.epoch:  # nothing to answer, or Clear came in between
-            return
+            return  # (a superseded turn leaves the Stop button to the action that superseded it)
         stop = self.stops.new(session_of(request))
         if pending.stopped:
             stop.set()
@@ -114,7 +119,7 @@ class ChatController:
                 new_stage = hold.changed(name, turn)
                 if undrawn and new_stage:  # a stage ends: show all of it before it folds
                     redraw()
-                    yield chats["base"], chats["aligned"], gr.skip(), conv, None
+                    yield chats["base"], chats["aligned"], gr.skip(), conv, None, gr.skip()
                 turns[name] = turn
                 streaming = turn.phase in ("drafting", "reflecting")
                 due = time.perf_counter() - last_draw >= 1 / self.limits.ui_updates_per_s
@@ -123,7 +128,7 @@ class ChatController:
                     hold.wait(turns)
                     last_draw = time.perf_counter()
                     redraw()
-                    yield chats["base"], chats["aligned"], gr.skip(), conv, None
+                    yield chats["base"], chats["aligned"], gr.skip(), conv, None, gr.skip()
         finally:  # also when Stop cancels this generator: the turn is in the history as far as it got
             events.close()  # left early (Stop, a closed tab): this sets the stop event and ends both columns
             if stop.is_set():  # the last snapshots came before Stop: end them in the phase they reached
@@ -132,7 +137,7 @@ class ChatController:
                 redraw()
                 self._record(conv, len(conv.exchanges), pending, turns, request)
         if conv.epoch == epoch:
-            yield chats["base"], chats["aligned"], scores_figure(conv.records) if conv.records else None, conv, None
+            yield chats["base"], chats["aligned"], scores_figure(conv.records) if conv.records else None, conv, None, stop_button(False)
 
     def compare(self, message: dict | None, temperature: float, top_p: float, max_new_tokens: int, threshold: float,
                 loop_base: bool, loop_aligned: bool, request: gr.Request = None):
@@ -166,7 +171,7 @@ class ChatController:
         conv.records = [r for r in conv.records if r["turn"] <= len(conv.exchanges)]
         shown = user_messages(last.text, last.shown)
         conv.chats = {name: cut_last_turn(chat) + shown for name, chat in conv.chats.items()}
-        return Pending(last.text, last.images, last.shown, conv.epoch), conv, *conv.chats.values()
+        return Pending(last.text, last.images, last.shown, conv.epoch), conv, *conv.chats.values(), stop_button(True)
 
     def export(self, conv: Conversation) -> str:
         """The conversation as one self-contained HTML page with its replay bundle inside (export.py)."""

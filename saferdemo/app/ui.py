@@ -91,22 +91,22 @@ class _ChatTab:
         # Each action is checked first by an event with no outputs: a mistake is a toast only, and no "Error"
         # badge covers the chats or the textbox. /submit and /regenerate still refuse bad input for programs.
         checked = self.box.submit(controller.check, [self.box, conv], None, api_name=False)
-        echoed = checked.success(controller.submit, [self.box, conv], [self.box, pending, conv, *chats],
+        # A turn is two events after its check: submit echoes the message and turns Stop on, respond streams
+        # and turns it off with its last update (submit stays its own event so the echo is immediate, also on
+        # ZeroGPU, where respond waits for a GPU).
+        echoed = checked.success(controller.submit, [self.box, conv], [self.box, pending, conv, *chats, self.stop_btn],
                                  api_name="submit")
-        stop_on, stop_off = (lambda: gr.Button(interactive=True)), (lambda: gr.Button(interactive=False))
-        running = echoed.then(stop_on, None, self.stop_btn, api_name=False, show_progress="hidden")
-        run = running.then(respond, [pending, conv, *settings], outputs, api_name="respond")
-        run.then(stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
+        run = echoed.then(respond, [pending, conv, *settings], [*outputs, self.stop_btn], api_name="respond")
         regen_checked = self.regen_btn.click(controller.check_regenerate, [conv], None, api_name=False)
-        regen = regen_checked.success(controller.regenerate, [conv], [pending, conv, *chats], api_name="regenerate")
-        again = regen.then(stop_on, None, self.stop_btn, api_name=False, show_progress="hidden").then(
-            respond, [pending, conv, *settings], outputs, api_name=False)
-        again.then(stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
+        regen = regen_checked.success(controller.regenerate, [conv], [pending, conv, *chats, self.stop_btn],
+                                      api_name="regenerate")
+        again = regen.then(respond, [pending, conv, *settings], [*outputs, self.stop_btn], api_name=False)
         # Clear cancels every step of a turn still on its way, not only the one running now. Stop ends the
         # turn through its stop event instead: the turn ends itself at the next token and its last update
         # shows where it stopped. On ZeroGPU the turn runs in another process that the event cannot reach,
         # so there Stop cancels it too (the chats keep what they last showed).
-        turn_events = [checked, echoed, running, run, regen_checked, regen, again]
+        turn_events = [checked, echoed, run, regen_checked, regen, again]
+        stop_off = lambda: gr.Button(interactive=False)  # noqa: E731
         self.stop_btn.click(controller.stop, [pending], None, cancels=turn_events if self.gpu else None,
                             api_name="stop").then(stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
         self.export_btn.click(lambda conv: gr.File(controller.export(conv), visible=True), [conv], self.exported,
