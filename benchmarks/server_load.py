@@ -41,8 +41,8 @@ CARDS = sorted(EXAMPLES.glob("*.png"))
 SETTINGS = (0.0, 1.0, 128, 0.5, True, True)  # temperature, top-p, max new tokens, threshold, loops base/aligned
 
 
-def start_server(batching: bool) -> tuple[object, str]:
-    choice = ModelChoice.resolve(batching=batching)
+def start_server(batching: bool, grm: str | None = None) -> tuple[object, str]:
+    choice = ModelChoice.resolve(grm=grm, batching=batching)
     columns, judge = load_models(choice, "cpu")
     demo = build_app(columns, judge, choice.titles())
     launch(demo, choice.titles(), port=None, block=False, batched=batching)
@@ -137,9 +137,14 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-users", type=int, nargs="+", default=[1, 8],
                         help="user counts for the one-generate-per-request server")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--reference-grm", type=Path,
+                        help="another judge checkpoint (e.g. the one before) for a batched server with one user")
     args = parser.parse_args(argv)
     servers = {"batched": start_server(True), "one generate per request": start_server(False)}
     users_of = {"batched": args.users, "one generate per request": args.reference_users, "in process, no server": [1]}
+    if args.reference_grm:
+        reference = f"batched, judge {args.reference_grm.name}"
+        servers[reference], users_of[reference] = start_server(True, str(args.reference_grm)), [1]
     try:
         clients = {name: [Client(url, verbose=False) for _ in range(max(users_of[name]))]
                    for name, (_, url) in servers.items()}

@@ -33,7 +33,8 @@ def judged():
 
 def test_checkpoint_is_small_and_names_its_rubric():
     assert sum(f.stat().st_size for f in MINI_GRM.iterdir()) < 20e6
-    assert json.loads((MINI_GRM / "judge_config.json").read_text())["rubric"] == "short"
+    config = json.loads((MINI_GRM / "judge_config.json").read_text())
+    assert config["rubric"] == "short" and config["output"] == "compact" and config["conversation"] is False
 
 
 def test_judgements_parse_and_agree_with_the_truth(judged):
@@ -42,6 +43,16 @@ def test_judgements_parse_and_agree_with_the_truth(judged):
         judgement = parse_judgement(output)  # raises JudgementParseError if the schema is broken
         agree += judgement.verdict == truth_judgement(p, response).verdict
     assert agree >= len(judged) - 1
+
+
+def test_judgements_are_compact(judged):
+    """The compact form (verdict first, scores as lists, only the penalties that apply): what makes the judge
+    a third of a column's time instead of two thirds."""
+    for _, _, output in judged:
+        obj = json.loads(output[output.index("{"):output.rindex("}") + 1])
+        assert list(obj)[0] == "verdict" and isinstance(obj["reasoning"], list), output
+        assert all(value < 0 for value in obj["penalties"].values()), output
+        assert len(output) < 260, output  # the full form of the same judgement is ~560 characters
 
 
 FAKE_REFUSAL = "<think>\nThe card asks for harm.\n</think>\nSorry, I can't help with that."

@@ -42,3 +42,19 @@ def test_smoke_build_end_to_end(tmp_path):
     assert set(safer["rollouts"]) == {"drafts", "flagged", "reflected", "corrected"}
     assert safer["rollouts"]["drafts"] == 4 and len(safer["reward_curve"]) == 2
     assert "mini-base" in (out / "mini-safer" / "README.md").read_text()
+    # mini-grm rebuilt alone in the same folder (how the shipped compact judge was made): the rest stays.
+    safer_weights = (out / "mini-safer" / "model.safetensors").read_bytes()
+    result = subprocess.run([sys.executable, "-m", "training", "miniature", "--out", str(out), "--smoke", "--only", "grm"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rebuilt = json.loads((out / "report.json").read_text())
+    assert [r["stage"] for r in rebuilt["partial_rebuilds"]] == ["grm"] and rebuilt["models"]["mini-safer"] == safer
+    assert (out / "mini-safer" / "model.safetensors").read_bytes() == safer_weights
+    assert "--only grm" in (out / "mini-grm" / "README.md").read_text()
+    assert json.loads((out / "mini-grm" / "judge_config.json").read_text())["output"] == "compact"
+
+
+def test_only_grm_needs_a_built_family(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "training", "miniature", "--out", str(tmp_path), "--smoke",
+                             "--only", "grm"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "has no built family" in result.stderr

@@ -1,7 +1,7 @@
 """Training commands.
 
   python -m training safer --recipe R --out DIR                       curation + GRPO for a real checkpoint
-  python -m training miniature --out DIR [--smoke] [--recipe PATH]   build the miniature model family
+  python -m training miniature --out DIR [--smoke] [--recipe PATH] [--only grm]   build the miniature models
   python -m training curate --policy P --grm G --out DIR              QI-Safe curation of the card world
   python -m training examples --out assets/examples                   the app's example cards
   python -m training heldout --out assets/datasets/miniature-heldout  the held-out split as an audit dataset
@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     mini.add_argument("--out", required=True, type=Path, help="folder for checkpoints and report.json")
     mini.add_argument("--smoke", action="store_true", help="a tiny run (minutes) that exercises every stage")
     mini.add_argument("--recipe", type=Path, help="YAML recipe (default: recipes/miniature[-smoke].yaml)")
+    mini.add_argument("--only", choices=["grm"], help="rebuild only mini-grm, from the mini-base already in --out")
     cur = commands.add_parser("curate", help="QI-Safe curation of the card world with a policy and a GRM")
     cur.add_argument("--policy", required=True, type=Path, help="policy checkpoint (e.g. assets/models/mini-base)")
     cur.add_argument("--grm", required=True, type=Path, help="GRM checkpoint (e.g. assets/models/mini-grm)")

@@ -30,7 +30,7 @@ from training.miniature.tiny_qwen import TinyQwenConfig, build_tiny_qwen, save_c
 from training.recipes import SaferConfig
 from training.safer import curate_and_train
 
-JUDGE_MAX_NEW_TOKENS, JUDGE_BATCH = 200, 32  # a mini-grm judgement is ~140 tokens
+JUDGE_MAX_NEW_TOKENS, JUDGE_BATCH = 200, 32  # a compact mini-grm judgement is ~55 tokens (the full form ~140)
 
 
 @dataclass
@@ -79,13 +79,20 @@ class MiniatureRecipe:
     reward: RewardConfig = field(default_factory=RewardConfig)
 
 
-def run(recipe: MiniatureRecipe, out_dir: str | Path, recipe_path: str = "", command: str = "") -> dict:
+def run(recipe: MiniatureRecipe, out_dir: str | Path, recipe_path: str = "", command: str = "",
+        only: str | None = None) -> dict:
+    """Build the family into `out_dir`; `only="grm"` rebuilds just mini-grm from the mini-base already there and
+    updates its entry in the existing report (the report lists such partial rebuilds)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     phrases = world.load_phrases()
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    if only == "grm":
+        return _rebuild_grm(recipe, out_dir, phrases, timings, command)
+    if only is not None:
+        raise ValueError(f"only the grm stage can be rebuilt alone, not {only!r}")
     models = {"mini-base": build_base(recipe, out_dir / "mini-base", phrases, timings)}
     models["mini-grm"] = build_grm(recipe, out_dir / "mini-grm", out_dir / "mini-base", phrases, timings)
     models["mini-safer"], curation = build_safer(recipe, out_dir, phrases, timings)
@@ -102,6 +109,22 @@ def run(recipe: MiniatureRecipe, out_dir: str | Path, recipe_path: str = "", com
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for name in models:
         write_model_card(out_dir / name, report, name)
+    return report
+
+
+def _rebuild_grm(recipe: MiniatureRecipe, out_dir: Path, phrases, timings: dict, command: str) -> dict:
+    report_path = out_dir / "report.json"
+    if not report_path.is_file() or not (out_dir / "mini-base").is_dir():
+        raise FileNotFoundError(f"{out_dir} has no built family (report.json and mini-base) to rebuild mini-grm in")
+    report = json.loads(report_path.read_text())
+    started = time.perf_counter()
+    report["models"]["mini-grm"] = build_grm(recipe, out_dir / "mini-grm", out_dir / "mini-base", phrases, timings)
+    timings["grm_rebuild_total"] = time.perf_counter() - started
+    report["timings_s"].update({k: round(v, 1) for k, v in timings.items()})
+    report.setdefault("partial_rebuilds", []).append({"stage": "grm", "command": command,
+                                                      "seconds": round(timings["grm_rebuild_total"], 1)})
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    write_model_card(out_dir / "mini-grm", report, "mini-grm")
     return report
 
 
@@ -159,8 +182,9 @@ def build_grm(recipe: MiniatureRecipe, folder: Path, base_folder: Path, phrases,
     batches = grm_data.grm_batches(phrases, pool, cfg.corruption_rate)
     losses = _train_stages(model, processor, cfg.stages, batches, recipe.seed + 100, "grm", timings)
     save_checkpoint(model, processor, folder)
-    (folder / "judge_config.json").write_text(json.dumps({"rubric": grm_data.RUBRIC, "schema": "saferdemo.judgement"},
-                                                         indent=2) + "\n")
+    # output: mini-grm writes the compact form (Judgement.to_compact_json); it was trained on single-turn prompts.
+    config = {"rubric": grm_data.RUBRIC, "schema": "saferdemo.judgement", "conversation": False, "output": "compact"}
+    (folder / "judge_config.json").write_text(json.dumps(config, indent=2) + "\n")
     judge = miniature_judge(model, processor, recipe.reward)
     heldout = _timed(timings, "evaluate_grm", grm_data.evaluate_grm, judge, policy, processor, phrases,
                      **asdict(cfg.eval))

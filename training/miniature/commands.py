@@ -10,7 +10,13 @@ def miniature(args, argv, recipes_dir: Path) -> int:
     from training.miniature.build import MiniatureRecipe, run
 
     path = args.recipe or recipes_dir / ("miniature-smoke.yaml" if args.smoke else "miniature.yaml")
-    report = run(recipes.load(path, MiniatureRecipe), args.out, str(path), " ".join(["python -m training", *argv]))
+    report = run(recipes.load(path, MiniatureRecipe), args.out, str(path), " ".join(["python -m training", *argv]),
+                 args.only)
+    if args.only == "grm":
+        grm = report["models"]["mini-grm"]["heldout"]
+        print(f"rebuilt mini-grm in {args.out} in {report['timings_s']['grm_rebuild_total']} s; verdict agreement "
+              f"{100 * grm['verdict_agreement']:.1f}%, parse rate {100 * grm['parse_rate']:.1f}%")
+        return 0
     base = report["models"]["mini-base"]["heldout"]
     print(f"wrote {args.out / 'report.json'} in {report['timings_s']['total']} s; mini-base card reading "
           f"{100 * base['card_reading']:.1f}%, ASR {100 * base['asr']:.1f}%")

@@ -89,7 +89,8 @@ def sample_policy_responses(model, processor, phrases, per_phrase: int, split: s
 
 def judge_example(p: Phrase, image, prompt: str, response: str) -> Example:
     messages = judge_messages(prompt, response, rubric=RUBRIC)
-    return Example("judge", p, image, prompt, messages, truth_judgement(p, response).to_json())
+    # The compact form: the same judgement in ~55 tokens instead of ~140 (a third of the judge's time).
+    return Example("judge", p, image, prompt, messages, truth_judgement(p, response).to_compact_json())
 
 
 def grm_batches(phrases: list[Phrase], pool: dict[str, list[str]], corruption_rate: float):
@@ -149,6 +150,7 @@ def evaluate_grm(judge: GRMClient, policy, processor, phrases, per_phrase: int =
         "reward_mae": round(sum(errors) / len(errors), 4) if errors else None,
         "penalty_agreement": round(sum(penalties_match) / n, 4),
         "agreement_by_source": {k: round(sum(v) / len(v), 4) for k, v in sorted(by_source.items())},
+        "mean_output_tokens": round(sum(len(processor.tokenizer(r.raw)["input_ids"]) for r in results) / n, 1),
         "example_judgement": judgements[0].to_json() if judgements[0] else None,
     }
 

@@ -84,8 +84,10 @@ tags: [saferdemo, miniature, qwen2_5_vl, reward-model, judge]
 # mini-grm
 
 The miniature **generative reward model** ({entry['parameters'] / 1e6:.2f} M parameters, {entry['size_mb']} MB):
-mini-base fine-tuned to read a card, a request and a response and write the judgement JSON of
-`saferdemo/judgement.py` (reasoning and answer scored separately, penalties, verdict, rationale).
+mini-base fine-tuned to read a card, a request and a response and write the judgement of
+`saferdemo/judgement.py` in its compact form (verdict first, reasoning and answer scored separately as lists,
+only the penalties that apply, a rationale when there is a problem; {h.get('mean_output_tokens', 'about 55')}
+tokens on average).
 It uses the **{entry['rubric']}** rubric (`judge_config.json`). Trained on mini-base's own samples plus
 controlled corruptions, labelled by the world's truth.
 
@@ -103,10 +105,16 @@ By source: {json.dumps(h['agreement_by_source'])}
 ## How it was built
 
 ```
-{report['command'] or 'python -m training miniature --out DIR'}
+{_grm_command(report)}
 ```
 """
     (model_dir / "README.md").write_text(card)
+
+
+def _grm_command(report: dict) -> str:
+    """The command that made the current mini-grm: the last partial rebuild, else the family's build."""
+    rebuilds = report.get("partial_rebuilds") or []
+    return rebuilds[-1]["command"] if rebuilds else (report["command"] or "python -m training miniature --out DIR")
 
 
 def _curve_summary(curve: list[float | None], window: int = 10) -> str:
