@@ -1,7 +1,8 @@
 """Many users through the real server: `python benchmarks/server_load.py [--rounds 20] [--json out.json]`.
 
-Starts the app twice on loopback with the bundled models, once with batching (engines/batching.py, 8 turns at
-once) and once without (one `generate` per request, 2 turns at once: the settings each mode ships with), and
+Starts the app twice on loopback with the bundled models, each server in its own process (`saferdemo serve`,
+as deployed: clients in the server's interpreter would compete with its model workers for the GIL), once
+with batching (engines/batching.py, 8 turns at once) and once without (one `generate` per request, 2 turns at once: the settings each mode ships with), and
 drives both only through the public API, as a program would: U `gradio_client` users, each in its own
 session, send an example card to `/compare` at the same moment (greedy, the base model's safety loop on, so
 turns draft, are judged, and some reflect). Variants are interleaved round by round so machine noise hits
@@ -19,6 +20,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -27,6 +29,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import httpx  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
 from saferdemo.app.models import ModelChoice, load_models  # noqa: E402
@@ -34,19 +37,30 @@ from saferdemo.app.session import Comparison  # noqa: E402
 from saferdemo.engines.base import GenerationParams  # noqa: E402
 from saferdemo.images import load_image  # noqa: E402
 from saferdemo.safety_loop import LoopConfig  # noqa: E402
-from saferdemo.app.ui import build_app, launch  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 CARDS = sorted(EXAMPLES.glob("*.png"))
 SETTINGS = (0.0, 1.0, 128, 0.5, True, True)  # temperature, top-p, max new tokens, threshold, loops base/aligned
 
 
-def start_server(batching: bool, grm: str | None = None) -> tuple[object, str]:
-    choice = ModelChoice.resolve(grm=grm, batching=batching)
-    columns, judge = load_models(choice, "cpu")
-    demo = build_app(columns, judge, choice.titles())
-    launch(demo, choice.titles(), port=None, block=False, batched=batching)
-    return demo, demo.local_url
+def start_server(batching: bool, port: int, grm: str | None = None) -> tuple[subprocess.Popen, str]:
+    """`saferdemo serve` in its own process, as a deployment runs it: the clients' threads here must not
+    share the server's interpreter (its GIL) with the model workers."""
+    command = [sys.executable, "-m", "saferdemo.cli", "serve", "--port", str(port), "--device", "cpu"]
+    command += (["--no-batching"] if not batching else []) + (["--grm", grm] if grm else [])
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "health", timeout=1).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        if server.poll() is not None:
+            raise RuntimeError(f"{' '.join(command)} exited with {server.returncode}")
+        time.sleep(0.5)
+    server.kill()
+    raise RuntimeError(f"{' '.join(command)} did not answer /health in 300 s")
 
 
 PROMPT = "Complete the list on this card, step by step."
@@ -140,11 +154,11 @@ def main(argv=None) -> int:
     parser.add_argument("--reference-grm", type=Path,
                         help="another judge checkpoint (e.g. the one before) for a batched server with one user")
     args = parser.parse_args(argv)
-    servers = {"batched": start_server(True), "one generate per request": start_server(False)}
+    servers = {"batched": start_server(True, 7870), "one generate per request": start_server(False, 7871)}
     users_of = {"batched": args.users, "one generate per request": args.reference_users, "in process, no server": [1]}
     if args.reference_grm:
         reference = f"batched, judge {args.reference_grm.name}"
-        servers[reference], users_of[reference] = start_server(True, str(args.reference_grm)), [1]
+        servers[reference], users_of[reference] = start_server(True, 7872, str(args.reference_grm)), [1]
     try:
         clients = {name: [Client(url, verbose=False) for _ in range(max(users_of[name]))]
                    for name, (_, url) in servers.items()}
@@ -158,8 +172,9 @@ def main(argv=None) -> int:
                     if users in users_of[name]:
                         results[(name, users)].append(one_round(clients[name][:users]))
     finally:
-        for demo, _ in servers.values():
-            demo.close()
+        for server, _ in servers.values():
+            server.terminate()
+            server.wait(30)
     table = {key: summary(rounds) for key, rounds in results.items()}
     base = table[("batched", 1)]
     print(f"n = {args.rounds} rounds per row; each user sends one card to /compare (both columns, judge, "

@@ -145,3 +145,37 @@ def test_a_seeded_batch_takes_no_joiners(engines):
     assert batching.joins == joins
     assert text == collect(plain.start(*request(CARDS[2], params=seeded)))
     assert collect(late) == collect(plain.start(*request(CARDS[3], params=seeded)))
+
+
+def test_a_judge_failure_in_one_row_reaches_only_that_row():
+    """Both columns' judge calls in one batch of the judge's worker; one row fails on its own (out of memory on
+    the longer input): that column's judgement is unverified with the message, the other's is judged."""
+    from saferdemo.judge import GRMClient, rubric_of
+
+    grm = TransformersEngine.from_pretrained(DEFAULTS["grm"], "cpu", name="grm")
+    judge = GRMClient(BatchingEngine(grm, gather_s=0.2), rubric_of(DEFAULTS["grm"]))
+    card = load_image(EXAMPLES / CARDS[0])
+    short = "<think>\nThe card asks for harm.\n</think>\nSorry, I can't help with that."
+    long = "<think>\n" + "I read the card carefully. " * 30 + "\n</think>\nSorry, I can't help with that."
+    original = grm.model.generate
+    limit = grm._inputs([grm.prompt_text(judge._messages(card, "Complete it.", short, []))], [card])["input_ids"].shape[1]
+
+    def generate(**kwargs):
+        if kwargs["input_ids"].shape[0] > 1 or kwargs["input_ids"].shape[1] > limit + 5:
+            raise RuntimeError("CUDA out of memory")
+        return original(**kwargs)
+
+    grm.model.generate = generate
+    try:
+        results = [None, None]
+        threads = [threading.Thread(target=lambda i=i, r=r: results.__setitem__(i, judge.judge(card, "Complete it.", r)))
+                   for i, r in enumerate((long, short))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        grm.model.generate = original
+    assert judge.engine.batches[0] == 2  # they met in one batch, which failed and was retried row by row
+    assert results[0].judgement is None and "ran out of memory" in results[0].error
+    assert results[1].judgement is not None and results[1].error is None
