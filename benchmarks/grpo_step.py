@@ -54,21 +54,9 @@ def run(steps: int, grm: Path) -> list[dict]:
     judge = GRMClient(TransformersEngine.from_pretrained(grm, "cpu", name="judge"), rubric_of(grm))
     rows = world.candidates(world.load_phrases(), 1, seed=0)
     timer = StepTimer()
-    import transformers
-
-    original = transformers.Trainer.__init__
-
-    def with_timer(self, *args, **kwargs):  # train_safer builds its own trainer: add the callback to it
-        original(self, *args, **kwargs)
-        self.add_callback(timer)
-
-    transformers.Trainer.__init__ = with_timer
-    try:
-        with tempfile.TemporaryDirectory() as out:
-            _, log = train_safer(load_model(DEFAULTS["base"], "cpu"), load_processor(DEFAULTS["base"]), judge,
-                                 prompt_dataset(rows), config, out, recipe.reward)
-    finally:
-        transformers.Trainer.__init__ = original
+    with tempfile.TemporaryDirectory() as out:
+        _, log = train_safer(load_model(DEFAULTS["base"], "cpu"), load_processor(DEFAULTS["base"]), judge,
+                             prompt_dataset(rows), config, out, recipe.reward, callbacks=[timer])
     records = []
     for seconds, step in zip(timer.seconds[1:], log.steps[1:]):
         split = {phase: step["seconds"].get(phase, 0.0) for phase in PHASES}

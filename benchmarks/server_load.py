@@ -32,11 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx  # noqa: E402
 from gradio_client import Client, handle_file  # noqa: E402
 
+from saferdemo.app.controller import turn_settings  # noqa: E402
 from saferdemo.app.models import ModelChoice, load_models  # noqa: E402
 from saferdemo.app.session import Comparison  # noqa: E402
-from saferdemo.engines.base import GenerationParams  # noqa: E402
 from saferdemo.images import load_image  # noqa: E402
-from saferdemo.safety_loop import LoopConfig  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 CARDS = sorted(EXAMPLES.glob("*.png"))
@@ -72,9 +71,7 @@ class InProcess:
     def __init__(self):
         columns, self.judge = load_models(ModelChoice.resolve(batching=True), "cpu")
         self.columns = list(columns.values())
-        temperature, top_p, max_new, threshold, loop_base, loop_aligned = SETTINGS
-        self.params = GenerationParams(max_new, temperature, top_p)
-        self.loops = {"base": LoopConfig(loop_base, threshold), "aligned": LoopConfig(loop_aligned, threshold)}
+        self.params, self.loops = turn_settings(*SETTINGS)  # as the server's handler reads the same settings
 
 
 def in_process_turn(server: InProcess, card: Path, record: dict) -> None:
@@ -83,10 +80,7 @@ def in_process_turn(server: InProcess, card: Path, record: dict) -> None:
                                                                   None, server.loops):
         first = first or time.perf_counter() - start
         last[name] = turn
-    turns = {name: turn.as_dict() for name, turn in last.items()}
-    record.update(latency=time.perf_counter() - start, first_update=first,
-                  tokens=sum(_tokens(t) for t in turns.values()),
-                  judge_share=statistics.mean(_judge_share(t) for t in turns.values()))
+    _record(record, start, first, {name: turn.as_dict() for name, turn in last.items()})
 
 
 def one_turn(client, card: Path, record: dict) -> None:
@@ -98,9 +92,13 @@ def one_turn(client, card: Path, record: dict) -> None:
     first = None
     for _ in job:
         first = first or time.perf_counter() - start
-    turns = job.outputs()[-1]
-    record.update(latency=time.perf_counter() - start, first_update=first or record.get("latency"),
-                  tokens=sum(_tokens(t) for t in turns.values()),
+    _record(record, start, first, job.outputs()[-1])
+
+
+def _record(record: dict, start: float, first: float | None, turns: dict) -> None:
+    """One turn's measurements from its final {column: Turn.as_dict()}."""
+    latency = time.perf_counter() - start
+    record.update(latency=latency, first_update=first or latency, tokens=sum(_tokens(t) for t in turns.values()),
                   judge_share=statistics.mean(_judge_share(t) for t in turns.values()))
 
 

@@ -241,7 +241,7 @@ def grpo_args(config: GRPOStageConfig, out_dir: str):
 
 
 def train_safer(policy, processor, judge: GRMClient, dataset, config: GRPOStageConfig, out_dir: str,
-                reward_config: RewardConfig | None = None):
+                reward_config: RewardConfig | None = None, callbacks: list | None = None):
     """GRPO with safety-aware rollouts and LoRA; returns (trainer, rollout log). Save with `save_merged`."""
     from peft import LoraConfig
     from trl import GRPOTrainer
@@ -261,6 +261,7 @@ def train_safer(policy, processor, judge: GRMClient, dataset, config: GRPOStageC
         peft_config=LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules=config.lora_targets,
                                exclude_modules=VISION_TOWER, task_type="CAUSAL_LM"),
         rollout_func=SafetyAwareRollout(judge, config.reflection_budget, log),
+        callbacks=callbacks,  # e.g. benchmarks/grpo_step.py's step timer
     )
     trainer.train()
     return trainer, log

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from saferdemo.app.controller import ChatController
+from saferdemo.app.controller import ChatController, stop_button
 from saferdemo.app.observability import health
 from saferdemo.app.session import Column
 from saferdemo.app.state import Conversation, Limits
@@ -106,7 +106,7 @@ class _ChatTab:
         # shows where it stopped. On ZeroGPU the turn runs in another process that the event cannot reach,
         # so there Stop cancels it too (the chats keep what they last showed).
         turn_events = [checked, echoed, run, regen_checked, regen, again]
-        stop_off = lambda: gr.Button(interactive=False)  # noqa: E731
+        stop_off = lambda: stop_button(False)  # noqa: E731
         self.stop_btn.click(controller.stop, [pending], None, cancels=turn_events if self.gpu else None,
                             api_name="stop").then(stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
         self.export_btn.click(lambda conv: gr.File(controller.export(conv), visible=True), [conv], self.exported,
