@@ -6,7 +6,10 @@ with batching (engines/batching.py, 8 turns at once) and once without (one `gene
 drives both only through the public API, as a program would: U `gradio_client` users, each in its own
 session, send an example card to `/compare` at the same moment (greedy, the base model's safety loop on, so
 turns draft, are judged, and some reflect). Variants are interleaved round by round so machine noise hits
-them alike. Per variant: aggregate tokens/s (every generated token of both columns, judge excluded, over the
+them alike; the servers not being measured are paused (SIGSTOP): an idle Gradio server's event loop still
+wakes every few milliseconds and would take cores from the measured one. The users' clients run as threads
+of this process and share the machine's two cores with the server (in processes of their own, they took
+both cores at once at a round's start and made 8-user turns 1.3x slower). Per variant: aggregate tokens/s (every generated token of both columns, judge excluded, over the
 round's wall time), the slowest turn's latency (p50 / p95 over rounds), the time to the first streamed update,
 and the judge's share of a column's time. A third variant runs the same turn in this process without a server
 (`Comparison.run` on batching engines, one user): its first event is the in-process first token that the
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -60,6 +64,13 @@ def start_server(batching: bool, port: int, grm: str | None = None) -> tuple[sub
         time.sleep(0.5)
     server.kill()
     raise RuntimeError(f"{' '.join(command)} did not answer /health in 300 s")
+
+
+def only_running(servers: dict, name: str) -> None:
+    """Pause every server but `name` (none runs for the in-process variant)."""
+    for other, (server, _) in servers.items():
+        server.send_signal(signal.SIGCONT if other == name else signal.SIGSTOP)
+    time.sleep(0.1)  # let a resumed server's event loop catch up on its timers
 
 
 PROMPT = "Complete the list on this card, step by step."
@@ -162,15 +173,18 @@ def main(argv=None) -> int:
                    for name, (_, url) in servers.items()}
         clients["in process, no server"] = [InProcess()]
         for name in clients:  # warm-up: load, compile, first-request costs
+            only_running(servers, name)
             one_round(clients[name][:1])
         results = {(name, u): [] for name in clients for u in users_of[name]}
         for _ in range(args.rounds):  # interleaved: every variant and user count once per round
             for users in sorted(set(args.users) | set(args.reference_users)):
                 for name in clients:
                     if users in users_of[name]:
+                        only_running(servers, name)
                         results[(name, users)].append(one_round(clients[name][:users]))
     finally:
         for server, _ in servers.values():
+            server.send_signal(signal.SIGCONT)
             server.terminate()
             server.wait(30)
     table = {key: summary(rounds) for key, rounds in results.items()}

@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from saferdemo.app.models import ModelChoice, load_models, zero_gpu
+from saferdemo.app.models import ModelChoice, load_models, share_cpu_cores, zero_gpu
 from saferdemo.app.session import Comparison
 from saferdemo.engines.base import EngineError, GenerationParams
 from saferdemo.images import InputError, load_image
@@ -131,6 +131,7 @@ def _serve(args, choice, columns, judge, gpu) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # one JSON line per column per turn
     logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines would repeat every URL
     titles = choice.titles()
+    share_cpu_cores(columns, judge)  # the server runs its models' workers at once
     try:
         launch(build_app(columns, judge, titles, gpu_decorator=gpu), titles, args.host, args.port,
                batched=choice.batching)

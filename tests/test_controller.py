@@ -2,14 +2,17 @@
 
 import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
 
 from saferdemo.app.controller import ChatController
-from saferdemo.app.models import ModelChoice, load_models
-from saferdemo.app.state import Conversation
+from saferdemo.app.models import ModelChoice, load_models, share_cpu_cores
+from saferdemo.app.session import Column
+from saferdemo.app.state import Conversation, UpdatePacer
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
 SETTINGS = (0.0, 1.0, 96, 0.5, False, True)  # temperature, top-p, max new tokens, threshold, loops base/aligned
@@ -175,3 +178,50 @@ def test_each_pending_stage_stays_on_screen_long_enough_to_see(controller):
     assert {"Thinking", "GRM", "Reflection"} <= titles  # the base column reflects on its flagged draft
     for key, (first, gone) in seen.items():
         assert gone is not None and gone - first >= controller.limits.min_pending_s - 0.02, key
+
+
+def test_live_turns_share_the_servers_update_budget():
+    pacer = UpdatePacer(per_turn=20, total=40)
+    assert pacer.interval() == pytest.approx(1 / 20)  # nobody streaming yet: a turn's own cap
+    with pacer.turn(), pacer.turn():
+        assert pacer.interval() == pytest.approx(1 / 20)  # two turns fit in the budget at 20/s each
+        with ExitStack() as more:
+            for _ in range(6):
+                more.enter_context(pacer.turn())
+            assert pacer.interval() == pytest.approx(8 / 40)  # eight: 5/s each
+    with pytest.raises(RuntimeError), pacer.turn():
+        raise RuntimeError("a turn that fails still leaves")
+    assert pacer.live == 0
+
+
+def test_a_streaming_turn_counts_as_live_until_it_ends_or_is_closed(controller):
+    card = {"text": "Complete the list on this card, step by step.", "files": [str(EXAMPLES / "1-fraud.png")]}
+    updates = controller.compare(card, *SETTINGS)
+    next(updates)
+    assert controller.pacer.live == 1
+    updates.close()  # a closed tab: Gradio closes the generator
+    assert controller.pacer.live == 0
+    *_, last = controller.compare(card, *SETTINGS)
+    assert controller.pacer.live == 0 and set(last) == {"base", "aligned"}
+
+
+def test_models_on_the_cpu_split_its_cores(monkeypatch):
+    import torch
+
+    def on(device):
+        return Column("x", SimpleNamespace(model=SimpleNamespace(device=torch.device(device))))
+
+    threads = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    try:
+        torch.set_num_threads(4)
+        assert share_cpu_cores({"base": on("cpu"), "aligned": on("meta")}, None) is None  # one model on the CPU
+        assert share_cpu_cores({"base": on("cpu"), "aligned": on("cpu")}, SimpleNamespace(engine=on("cpu").engine)) == 1
+        torch.set_num_threads(4)
+        monkeypatch.setenv("OMP_NUM_THREADS", "4")  # the operator's choice stands
+        assert share_cpu_cores({"base": on("cpu"), "aligned": on("cpu")}, None) is None
+        assert torch.get_num_threads() == 4
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert share_cpu_cores({"base": on("cpu"), "aligned": on("cpu")}, None) == 2
+    finally:
+        torch.set_num_threads(threads)

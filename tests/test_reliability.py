@@ -253,6 +253,9 @@ def test_eight_users_at_once_each_get_their_own_answers(shipped, tmp_path, caplo
     cards = [image_file(tmp_path, f"{i}.png", world.render(p, rng, "heldout")) for i, p in enumerate(phrases)]
     demo, _ = start(columns, judge, choice.titles(), batched=True)
     before = len(columns["base"].engine.batches)
+    # Gradio's queue no longer wakes every millisecond (ui._calm_queue_polling): if an upgrade renames the
+    # attribute, this says so instead of the server silently spending a tenth of a core on polling.
+    assert demo._queue.sleep_when_free == pytest.approx(0.01)
 
     def user(index):
         client = Client(demo.local_url, verbose=False)

@@ -25,7 +25,8 @@ from saferdemo.app.observability import log_turn, turn_record
 from saferdemo.app.pending import PendingHold
 from saferdemo.app.render import cut_last_turn, judgement_records, turn_messages, user_messages
 from saferdemo.app.session import Column, Comparison, Exchange
-from saferdemo.app.state import COLUMN_NAMES, Conversation, Limits, Pending, StopRegistry, clean_text, session_of
+from saferdemo.app.state import (COLUMN_NAMES, Conversation, Limits, Pending, StopRegistry, UpdatePacer, clean_text,
+                                 session_of)
 from saferdemo.engines.base import GenerationParams
 from saferdemo.images import InputError, fit, load_image
 from saferdemo.safety_loop import LoopConfig, Turn
@@ -51,6 +52,7 @@ class ChatController:
         self.limits = limits or Limits()
         self.comparison = Comparison([columns[name] for name in COLUMN_NAMES], judge)
         self.stops, self.audit_stops = StopRegistry(), StopRegistry()
+        self.pacer = UpdatePacer(self.limits.ui_updates_per_s, self.limits.server_updates_per_s)
         self.media_dir = Path(media_dir or tempfile.mkdtemp(prefix="saferdemo-media-"))
         self.media_dir.mkdir(parents=True, exist_ok=True)
 
@@ -112,23 +114,24 @@ class ChatController:
 
         events = self.comparison.run(history, pending.text, pending.images, params, stop, loops)
         try:
-            undrawn = False  # a snapshot was skipped by the throttle since the last redraw
-            for name, turn in events:
-                if conv.epoch != epoch:
-                    break  # Clear or Regenerate took over (they also stop the generation)
-                new_stage = hold.changed(name, turn)
-                if undrawn and new_stage:  # a stage ends: show all of it before it folds
-                    redraw()
-                    yield chats["base"], chats["aligned"], gr.skip(), conv, None, gr.skip()
-                turns[name] = turn
-                streaming = turn.phase in ("drafting", "reflecting")
-                due = time.perf_counter() - last_draw >= 1 / self.limits.ui_updates_per_s
-                undrawn = streaming and not due and not new_stage
-                if not undrawn:  # a new stage is always drawn
-                    hold.wait(turns)
-                    last_draw = time.perf_counter()
-                    redraw()
-                    yield chats["base"], chats["aligned"], gr.skip(), conv, None, gr.skip()
+            with self.pacer.turn() as pace:  # this turn's share of the server's update budget
+                undrawn = False  # a snapshot was skipped by the throttle since the last redraw
+                for name, turn in events:
+                    if conv.epoch != epoch:
+                        break  # Clear or Regenerate took over (they also stop the generation)
+                    new_stage = hold.changed(name, turn)
+                    if undrawn and new_stage:  # a stage ends: show all of it before it folds
+                        redraw()
+                        yield chats["base"], chats["aligned"], gr.skip(), conv, None, gr.skip()
+                    turns[name] = turn
+                    streaming = turn.phase in ("drafting", "reflecting")
+                    due = time.perf_counter() - last_draw >= pace.interval()
+                    undrawn = streaming and not due and not new_stage
+                    if not undrawn:  # a new stage is always drawn
+                        hold.wait(turns)
+                        last_draw = time.perf_counter()
+                        redraw()
+                        yield chats["base"], chats["aligned"], gr.skip(), conv, None, gr.skip()
         finally:  # also when Stop cancels this generator: the turn is in the history as far as it got
             events.close()  # left early (Stop, a closed tab): this sets the stop event and ends both columns
             if stop.is_set():  # the last snapshots came before Stop: end them in the phase they reached
@@ -153,11 +156,12 @@ class ChatController:
         turns, last = {}, 0.0
         events = self.comparison.run([], text, images, params, stop, loops)
         try:
-            for name, turn in events:
-                turns[name] = turn
-                if turn.phase == "done" or time.perf_counter() - last >= 1 / self.limits.ui_updates_per_s:
-                    last = time.perf_counter()
-                    yield {name: t.as_dict() for name, t in sorted(turns.items())}
+            with self.pacer.turn() as pace:
+                for name, turn in events:
+                    turns[name] = turn
+                    if turn.phase == "done" or time.perf_counter() - last >= pace.interval():
+                        last = time.perf_counter()
+                        yield {name: t.as_dict() for name, t in sorted(turns.items())}
         finally:
             events.close()
         yield {name: t.as_dict() for name, t in sorted(turns.items())}

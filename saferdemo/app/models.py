@@ -88,6 +88,24 @@ def load_models(choice: ModelChoice, device: str | None = None, max_pixels: int 
     return columns, judge
 
 
+def share_cpu_cores(columns: dict[str, Column], judge: GRMClient | None) -> int | None:
+    """Split the CPU's cores among the models that run in this process on it; returns the threads each op may
+    use now (None: left as it was).
+
+    The models' workers run at the same time, and every torch op on the CPU starts as many threads as there
+    are cores: three workers on two cores then wait for each other's threads. Measured on 2 cores with the
+    bundled models through the server (n = 4): one thread each made one user's turn 1.13x and eight users'
+    turns 1.10x faster. An explicit OMP_NUM_THREADS, a GPU or a single local model leaves it alone."""
+    import torch
+
+    engines = [column.engine for column in columns.values()] + ([judge.engine] if judge else [])
+    on_cpu = [e for e in engines if getattr(getattr(e, "model", None), "device", None) == torch.device("cpu")]
+    if os.environ.get("OMP_NUM_THREADS") or len(on_cpu) < 2:
+        return None
+    torch.set_num_threads(max(1, torch.get_num_threads() // len(on_cpu)))
+    return torch.get_num_threads()
+
+
 def zero_gpu():
     """On a ZeroGPU Space, `spaces.GPU` sized per call (see gpu_seconds); elsewhere None."""
     if not os.environ.get("SPACES_ZERO_GPU") or importlib.util.find_spec("spaces") is None:

@@ -1,12 +1,14 @@
 """What a browser session holds (the conversation, a message waiting for its answers) and the app's limits.
 
 Everything a user owns lives in the per-session `Conversation`; the Stop button reaches a running turn through
-the `StopRegistry` (control only, no user data).
+the `StopRegistry` (control only, no user data); the `UpdatePacer` shares the server's update budget among
+the turns streaming at once.
 """
 
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import gradio as gr
@@ -37,7 +39,11 @@ class Limits:
     # ... when the columns batch (engines/batching.py): the turns' rows share each generate step, so more
     # turns at once raise throughput instead of contending for the cores.
     batched_concurrency: int = 8
-    ui_updates_per_s: float = 20.0  # streamed redraws are throttled to this rate
+    ui_updates_per_s: float = 20.0  # a streaming turn's redraws are throttled to this rate...
+    # ...and all live turns' together to this one. Every update is Python work in the server's event loop
+    # (diff, JSON, SSE) under the GIL the model workers need at each step: at 8 users x 20/s it took a third
+    # of the server's GIL time and 8-user turns ran 1.3x slower (benchmarks/server_load.py, measured).
+    server_updates_per_s: float = 40.0
     # A pending state (thinking open, the GRM judging, a reflection) stays on screen at least this long: the
     # bundled models draft and judge in a fraction of a second, and the story of a turn would flash past.
     min_pending_s: float = 0.4
@@ -83,6 +89,31 @@ class StopRegistry:
             event = self._events.pop(session, None)
         if event is not None:
             event.set()
+
+
+class UpdatePacer:
+    """How often a streaming turn may send an update: at most `per_turn` a second, and all live turns of the
+    server together at most `total` a second (eight users get 5 a second each, one user 20)."""
+
+    def __init__(self, per_turn: float, total: float):
+        self.per_turn, self.total = per_turn, total
+        self.live = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def turn(self):
+        """Counts a turn as live while it streams (ended however it ends: done, Stop, a closed tab)."""
+        with self._lock:
+            self.live += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self.live -= 1
+
+    def interval(self) -> float:
+        """Seconds between two updates of one turn, now."""
+        return max(1 / self.per_turn, max(1, self.live) / self.total)
 
 
 def clean_text(text: str) -> str:
