@@ -68,3 +68,26 @@ def test_compare_cli_shows_base_complying_and_aligned_refusing():
     assert penalty(aligned) > penalty(base)  # penalties are <= 0: higher means fewer
     assert base["draft_judgement"]["judgement"]["verdict"] == "unsafe"
     assert base["timings"]["draft"]["tokens"] > 0
+
+
+def test_streamed_text_is_handed_over_in_few_chunks_and_none_is_lost():
+    """The first token at once (time to first token), then at most one hand-over per HAND_OVER_S: a token-by-
+    token producer must not wake its consumer at every step. Whatever is held arrives before the end or error."""
+    from saferdemo.engines.base import StreamingGeneration
+
+    generation = StreamingGeneration(threading.Event(), 200, "m")
+    for i in range(200):
+        generation.emit(f"t{i} ")
+    generation.finish()
+    chunks = list(generation)
+    assert chunks[0] == "t0 " and "".join(chunks) == "".join(f"t{i} " for i in range(200))
+    assert len(chunks) <= 3  # 200 tokens in well under 20 ms
+    failing = StreamingGeneration(threading.Event(), 10, "m")
+    failing.emit("a")
+    failing.emit("b")
+    failing.fail(EngineError("boom"))
+    failing.finish()
+    seen = []
+    with pytest.raises(EngineError, match="boom"):
+        seen += failing
+    assert "".join(seen) == "ab"
