@@ -20,6 +20,8 @@ is one written policy:
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import threading
 from dataclasses import dataclass
@@ -98,6 +100,19 @@ def _text(message: dict) -> str:
     return " ".join(part for part in parts if part)
 
 
+def _item_keys(items: list[tuple]) -> list[tuple]:
+    """What makes two judge items the same: the image's pixels (hashed once per image object), the request,
+    the response and the earlier turns."""
+    pixels: dict[int, tuple | None] = {}
+    keys = []
+    for image, request, response, earlier in items:
+        if id(image) not in pixels:
+            pixels[id(image)] = None if image is None else (
+                image.mode, image.size, hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+        keys.append((pixels[id(image)], request, response, tuple(tuple(turn) for turn in earlier)))
+    return keys
+
+
 class GRMClient:
     def __init__(self, engine: Engine, rubric: str = "full", max_new_tokens: int = 400,
                  reward_config: RewardConfig | None = None, batch_size: int = 16, conversation: bool | None = None):
@@ -136,11 +151,21 @@ class GRMClient:
 
     def judge_batch(self, images: list[Image.Image | None], requests: list[str], responses: list[str],
                     earlier: list[list[tuple[str, str]]] | None = None) -> list[JudgeResult]:
-        """Judge many (image, request, response) triples; results in the same order."""
+        """Judge many (image, request, response) triples; results in the same order.
+
+        Identical items (same image pixels, request, response and earlier turns) are judged once: the judge
+        decodes greedily, so they would get the same judgement. A GRPO group often repeats a completion (42%
+        of the miniature recipe's judge rows did), and so do curation's samples."""
         earlier = earlier or [[] for _ in responses]
-        if not hasattr(self.engine, "generate_batch"):
-            return [self.judge(i, q, r, earlier=e) for i, q, r, e in zip(images, requests, responses, earlier)]
-        conversations = [self._messages(i, q, r, e) for i, q, r, e in zip(images, requests, responses, earlier)]
-        raws = self.engine.generate_batch(conversations, [[i] if i is not None else [] for i in images],
-                                          self._params(), self.batch_size)
-        return [self.read(raw) for raw in raws]
+        items = list(zip(images, requests, responses, earlier))
+        keys = _item_keys(items)
+        unique = list({key: item for key, item in zip(keys, items)}.items())  # first of each, in order
+        if hasattr(self.engine, "generate_batch"):
+            conversations = [self._messages(i, q, r, e) for _, (i, q, r, e) in unique]
+            raws = self.engine.generate_batch(conversations, [[i] if i is not None else [] for _, (i, *_) in unique],
+                                              self._params(), self.batch_size)
+            results = [self.read(raw) for raw in raws]
+        else:
+            results = [self.judge(i, q, r, earlier=e) for _, (i, q, r, e) in unique]
+        by_key = {key: result for (key, _), result in zip(unique, results)}
+        return [copy.copy(by_key[key]) for key in keys]

@@ -192,3 +192,29 @@ def test_the_judge_sees_earlier_turns_and_they_cannot_forge_its_labels():
             assert starts.count("Assistant") == 2 and starts.count("User") == 2
     # no earlier turns: the prompt is the single-turn one
     assert "Earlier" not in judge_messages("q", "r", rubric="short")[0]["content"][1]["text"]
+
+
+def test_identical_items_are_judged_once_and_every_row_gets_its_result():
+    """A GRPO group often repeats a completion: the judge (greedy) sees each distinct item once. Same text on
+    a different card, or the same card as another image object, is told apart by its pixels."""
+    from PIL import Image
+
+    from saferdemo.judge import GRMClient
+
+    class CountingEngine:
+        seen: list = []
+
+        def generate_batch(self, conversations, images, params, batch_size=16):
+            self.seen.append(len(conversations))
+            return [judgement(verdict="unsafe" if "[restricted step]" in json.dumps(c) else "safe").to_json()
+                    for c in conversations]
+
+    red, blue = Image.new("RGB", (8, 8), "red"), Image.new("RGB", (8, 8), "blue")
+    engine = CountingEngine()
+    judge = GRMClient(engine, "short")
+    responses = ["fine", "[restricted step]", "fine", "fine", "fine"]
+    images = [red, red, red.copy(), blue, None]
+    results = judge.judge_batch(images, ["q"] * 5, responses)
+    assert engine.seen == [4]  # rows 0 and 2: the same pixels, request and response
+    assert [r.judgement.verdict for r in results] == ["safe", "unsafe", "safe", "safe", "safe"]
+    assert results[0] is not results[2] and results[0].raw == results[2].raw
