@@ -41,8 +41,9 @@ class Limits:
     batched_concurrency: int = 8
     ui_updates_per_s: float = 20.0  # a streaming turn's redraws are throttled to this rate...
     # ...and all live turns' together to this one. Every update is Python work in the server's event loop
-    # (diff, JSON, SSE) under the GIL the model workers need at each step: at 8 users x 20/s it took a third
-    # of the server's GIL time and 8-user turns ran 1.3x slower (benchmarks/server_load.py, measured).
+    # (diff, JSON, SSE) under the GIL the model workers need at each step: at 8 users x 20/s the event loop
+    # held 37% of the server's GIL time (py-spy), and 8-user turns took 1.16x as long as at 5/s each
+    # (server_load rounds, interleaved, n = 4).
     server_updates_per_s: float = 40.0
     # A pending state (thinking open, the GRM judging, a reflection) stays on screen at least this long: the
     # bundled models draft and judge in a fraction of a second, and the story of a turn would flash past.

@@ -108,7 +108,7 @@ class StreamingGeneration:
     def emit(self, text: str) -> None:
         """Hands `text` over at once if the last hand-over is `HAND_OVER_S` old (the first always), else holds it
         for the next one. Every hand-over wakes the consumer's thread, which re-reads its whole text: per token,
-        a batch of 16 rows woke 16 threads at every step and its steps took 3x as long as the model's own."""
+        a batch of 16 rows woke 16 threads at every step (in process, 8 users: 400 vs 361 tok/s, n = 4)."""
         if not text:
             return
         now = time.perf_counter()
