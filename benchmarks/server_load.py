@@ -1,17 +1,20 @@
 """Many users through the real server: `python benchmarks/server_load.py [--rounds 20] [--json out.json]`.
 
-Starts the app twice on loopback with the bundled models, each server in its own process (`saferdemo serve`,
-as deployed: clients in the server's interpreter would compete with its model workers for the GIL), once
-with batching (engines/batching.py, 8 turns at once) and once without (one `generate` per request, 2 turns at once: the settings each mode ships with), and
-drives both only through the public API, as a program would: U `gradio_client` users, each in its own
-session, send an example card to `/compare` at the same moment (greedy, the base model's safety loop on, so
-turns draft, are judged, and some reflect). Variants are interleaved round by round so machine noise hits
-them alike; the servers not being measured are paused (SIGSTOP): an idle Gradio server's event loop still
-wakes every few milliseconds and would take cores from the measured one. The users' clients run as threads
-of this process and share the machine's two cores with the server (in processes of their own, they took
-both cores at once at a round's start and made 8-user turns 1.3x slower). Per variant: aggregate tokens/s (every generated token of both columns, judge excluded, over the
-round's wall time), the slowest turn's latency (p50 / p95 over rounds), the time to the first streamed update,
-and the judge's share of a column's time. A third variant runs the same turn in this process without a server
+Starts the app on loopback with the bundled models, each server in its own process (`saferdemo serve`, as
+deployed: clients in the server's interpreter would compete with its model workers for the GIL): once with
+batching (engines/batching.py, 8 turns at once), once without (one `generate` per request, 2 turns at once:
+the settings each mode ships with) and, with --reference-grm, once more with another judge. It drives them
+only through the public API, as a program would: U `gradio_client` users, each in its own session, send an
+example card to `/compare` at the same moment (greedy, the base model's safety loop on, so turns draft, are
+judged, and some reflect). Variants are interleaved round by round so machine noise hits them alike; the
+servers not being measured are paused (SIGSTOP): an idle Gradio server's event loop still wakes every few
+milliseconds and would take cores from the measured one. The users' clients run as threads of this process
+and share the machine's two cores with the server (in processes of their own, they took both cores at once
+at a round's start and made 8-user turns 1.3x slower).
+
+Per variant: aggregate tokens/s (every generated token of both columns, judge excluded, over the round's
+wall time), the slowest turn's latency (p50 / p95 over rounds), the time to the first streamed update, and
+the judge's share of a column's time. One more variant runs the same turn in this process without a server
 (`Comparison.run` on batching engines, one user): its first event is the in-process first token that the
 server's first update is compared with. The one-generate-per-request server runs 1 and 8 users only (it is
 the slow reference). Prints a table; --json writes the raw rounds.
