@@ -159,17 +159,13 @@ class GRMClient:
         earlier = earlier or [[] for _ in responses]
         items = list(zip(images, requests, responses, earlier))
         keys = _item_keys(items)
-        first: dict[tuple, tuple] = {}  # each distinct item once, in order of first appearance
-        for key, item in zip(keys, items):
-            first.setdefault(key, item)
-        results = dict(zip(first, self._judge_each(list(first.values()))))
-        return [copy.copy(results[key]) for key in keys]
-
-    def _judge_each(self, items: list[tuple]) -> list[JudgeResult]:
-        """(image, request, response, earlier) items judged in one batch where the engine can, else one by one."""
-        if not hasattr(self.engine, "generate_batch"):
-            return [self.judge(i, q, r, earlier=e) for i, q, r, e in items]
-        conversations = [self._messages(i, q, r, e) for i, q, r, e in items]
-        raws = self.engine.generate_batch(conversations, [[i] if i is not None else [] for i, *_ in items],
-                                          self._params(), self.batch_size)
-        return [self.read(raw) for raw in raws]
+        unique = list({key: item for key, item in zip(keys, items)}.items())  # first of each, in order
+        if hasattr(self.engine, "generate_batch"):
+            conversations = [self._messages(i, q, r, e) for _, (i, q, r, e) in unique]
+            raws = self.engine.generate_batch(conversations, [[i] if i is not None else [] for _, (i, *_) in unique],
+                                              self._params(), self.batch_size)
+            results = [self.read(raw) for raw in raws]
+        else:
+            results = [self.judge(i, q, r, earlier=e) for _, (i, q, r, e) in unique]
+        by_key = {key: result for (key, _), result in zip(unique, results)}
+        return [copy.copy(by_key[key]) for key in keys]
