@@ -43,6 +43,7 @@ from saferdemo.judge import GRMClient, JudgeResult
 from saferdemo.judgement import RewardConfig
 from saferdemo.prompts import reflection_messages
 from saferdemo.segments import after_reflection
+from training.image_grid import resize_dataset_images
 from training.rewards import grm_reward_function
 
 # GRPOConfig fields that the stage sets from its own named settings: a `trl:` entry may not override them.
@@ -252,6 +253,9 @@ def train_safer(policy, processor, judge: GRMClient, dataset, config: GRPOStageC
             return super()._generate_and_score_completions(inputs)
 
     log = RolloutLog()
+    # Every image at the size the processor gives it, once: colocated vLLM or a vLLM server then computes the
+    # same image grid as the trainer's capped processor (training/image_grid.py, huggingface/trl#6401).
+    dataset = resize_dataset_images(dataset, processor)
     trainer = SaferGRPOTrainer(
         model=policy,
         reward_funcs=grm_reward_function(reward_config),
