@@ -60,3 +60,29 @@ def test_the_cli_reports_a_recipe_error(tmp_path, capsys):
     (tmp_path / "r.yaml").write_text("policy: p\nprompts: x\njudge: {model: j}\ngrpo: {stepz: 1}\n")
     assert main(["safer", "--recipe", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 2
     assert "grpo: unknown setting(s) stepz" in capsys.readouterr().err
+
+
+PROMPT_TEXT_ALLOWANCE = 256  # tokens of a prompt's own text, as the GPU recipes' comment allows
+
+
+@pytest.mark.parametrize("name", ["qwen2.5-vl-3b.yaml", "qwen2.5-vl-7b.yaml"])
+def test_gpu_recipes_give_vllm_a_context_that_holds_the_longest_reflection(name, real_checkpoint, tmp_path):
+    """Without vllm_max_model_length vLLM takes the model's 128k context and may refuse to start (issue 22).
+    The longest sequence vLLM sees is a reflection: its prompt (image, template, prompt text, draft, critique)
+    plus the reflection's output; the fixed template text is measured with Qwen's real tokenizer."""
+    from saferdemo.loading import load_processor
+    from saferdemo.prompts import reflection_messages, user_turn
+
+    recipe = recipes.load(RECIPES / name, recipes.SaferRecipe)
+    length = recipe.grpo.trl.get("vllm_max_model_length")
+    assert isinstance(length, int), f"{name}: grpo.trl.vllm_max_model_length is not set"
+    processor = load_processor(real_checkpoint)
+    text = processor.apply_chat_template(reflection_messages([user_turn("")], "", ""), add_generation_prompt=True,
+                                         tokenize=False)
+    fixed = len(processor.tokenizer.encode(text)) - 1  # less the one image placeholder, counted below
+    image_tokens = recipe.max_pixels // (14 * 14 * 2 * 2)
+    grpo = recipe.grpo
+    longest = (image_tokens + fixed + PROMPT_TEXT_ALLOWANCE + grpo.max_completion_length + recipe.judge.max_new_tokens
+               + grpo.max_completion_length + grpo.reflection_budget)
+    assert longest <= length < 128000, (longest, length)
+    assert grpo_args(grpo, str(tmp_path)).vllm_max_model_length == length  # TRL's GRPOConfig field name
