@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -18,15 +19,23 @@ class InputError(ValueError):
 
 def load_image(path: str | Path) -> Image.Image:
     path = Path(path)
-    name = path.name
     try:
         size = path.stat().st_size
     except OSError as error:
-        raise InputError(f"{name}: the file cannot be read ({error.strerror}).") from error
+        raise InputError(f"{path.name}: the file cannot be read ({error.strerror}).") from error
+    return _open(path, path.name, size)
+
+
+def load_image_bytes(data: bytes, name: str = "the image") -> Image.Image:
+    """The same checks as `load_image`, for an image that arrived as bytes (a data URL, an upload)."""
+    return _open(io.BytesIO(data), name, len(data))
+
+
+def _open(source, name: str, size: int) -> Image.Image:
     if size > MAX_FILE_BYTES:
         raise InputError(f"{name} is {size / 2**20:.1f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB.")
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             width, height = image.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise InputError(f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); "
@@ -41,8 +50,8 @@ def load_image(path: str | Path) -> Image.Image:
         raise
     except Image.DecompressionBombError as error:  # Pillow refuses to even open it
         pixels = re.search(r"\((\d+) pixels\)", str(error))
-        size = f"{int(pixels.group(1)) / 1e6:.0f} megapixels" if pixels else "too many pixels"
-        raise InputError(f"{name} has {size}; the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels.") from error
+        size_text = f"{int(pixels.group(1)) / 1e6:.0f} megapixels" if pixels else "too many pixels"
+        raise InputError(f"{name} has {size_text}; the limit is {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels.") from error
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         raise InputError(f"{name} is not a readable image ({type(error).__name__}). Upload a PNG, JPEG, GIF or WebP.") from error
 

@@ -1,5 +1,5 @@
-"""The OpenAI-compatible engine against real servers on loopback: `transformers serve` (through
-tools/openai_server.py) running the miniature checkpoints, and plain HTTP servers that fail on purpose."""
+"""The OpenAI-compatible engine against real servers on loopback: tools/openai_server.py running the miniature
+checkpoints, and plain HTTP servers that fail on purpose; and that server's doors, as a hostile client finds them."""
 
 import json
 import os
@@ -25,7 +25,7 @@ from saferdemo.images import load_image
 from saferdemo.judge import GRMClient, rubric_of
 from saferdemo.prompts import user_turn
 
-pytest.importorskip("openai", reason="transformers serve needs the openai package (the dev extra)")
+pytest.importorskip("fastapi", reason="tools/openai_server.py needs fastapi and uvicorn (the dev and serve extras)")
 ROOT = Path(__file__).resolve().parent.parent
 CARD = ROOT / "assets" / "examples" / "1-fraud.png"
 
@@ -51,7 +51,7 @@ def serve(model_dir) -> tuple[subprocess.Popen, str]:
         except httpx.TransportError:
             time.sleep(0.2)
     process.kill()
-    raise RuntimeError("transformers serve did not start in 120 s")
+    raise RuntimeError("tools/openai_server.py did not start in 120 s")
 
 
 def stop_server(process):
@@ -271,3 +271,63 @@ def test_sigterm_ends_the_server_mid_stream(tmp_path):
     finally:
         if process.poll() is None:
             process.kill()
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/v1/responses"), ("POST", "/v1/completions"), ("POST", "/load_model"), ("POST", "/reset"),
+    ("GET", "/docs"), ("GET", "/openapi.json"),
+])
+def test_the_server_has_no_other_doors(mini_base_server, method, path):
+    """transformers serve (5.25) also answered these; a guard in front of it had to know each one."""
+    url, _ = mini_base_server
+    root = url.removesuffix("/v1")
+    response = httpx.request(method, f"{root}{path}", json={"model": "/etc", "input": "hi"}, timeout=30)
+    assert response.status_code in (404, 405)
+
+
+@pytest.mark.parametrize("part", [
+    {"type": "input_image", "image_url": "file:///etc/passwd"},
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}},
+    {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "iVBORw0KGgo" * 4}},
+])
+def test_images_other_than_readable_data_urls_are_400(mini_base_server, part):
+    url, _ = mini_base_server
+    response = chat(url, messages=[{"role": "user", "content": [part, {"type": "text", "text": "?"}]}])
+    assert response.status_code == 400 and response.json()["error"]["message"]
+
+
+def test_unknown_generation_fields_do_not_reach_generate(mini_base_server):
+    """`generation_config` lifted transformers serve's max-tokens cap: here an unknown field has no effect."""
+    url, model = mini_base_server
+    started = time.perf_counter()
+    response = chat(url, max_tokens=4, temperature=1.0, min_tokens=5000,
+                    generation_config=json.dumps({"max_new_tokens": 100000, "min_new_tokens": 100000}))
+    assert response.status_code == 200 and response.json()["usage"]["completion_tokens"] <= 4
+    assert time.perf_counter() - started < 20
+    assert model not in response.text  # the reply names the model by its public id
+
+
+def test_a_card_turn_streams_reasoning_and_answer_apart(mini_base_server):
+    import base64
+
+    url, _ = mini_base_server
+    image = "data:image/png;base64," + base64.b64encode(CARD.read_bytes()).decode()
+    content = [{"type": "image_url", "image_url": {"url": image}},
+               {"type": "text", "text": "Complete the list on this card, step by step."}]
+    response = chat(url, messages=[{"role": "user", "content": content}], max_tokens=128, temperature=0)
+    message = response.json()["choices"][0]["message"]
+    assert "phishing" in message["reasoning_content"] and "[restricted step]" in message["content"]
+    assert "<think>" not in message["content"] and "</think>" not in message["reasoning_content"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the server's CPU time from /proc")
+def test_a_non_streaming_client_that_leaves_ends_its_generation(endless_server):
+    process, url, model = endless_server
+    body = {"model": model, "max_tokens": 4000, "temperature": 1.0,
+            "messages": [{"role": "user", "content": "Say anything."}]}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/chat/completions", json=body, timeout=httpx.Timeout(30, read=2.0))
+    time.sleep(1.5)  # the server polls for the disconnect every 0.25 s, then the row ends at its next token
+    before = _cpu_seconds(process.pid)
+    time.sleep(1.5)
+    assert _cpu_seconds(process.pid) - before < 0.3
