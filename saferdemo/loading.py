@@ -22,7 +22,12 @@ from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProce
 
 
 class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):
-    """Qwen2.5-VL's processor minus the video processor (which imports torchvision)."""
+    """Qwen2.5-VL's processor minus the video processor (which imports torchvision).
+
+    `checkpoint_class` is the processor class the checkpoint itself names (Qwen3VLProcessor for a Qwen3-VL):
+    `save_processor` writes it, so a saved folder loads with its own class where torchvision exists."""
+
+    checkpoint_class = "Qwen2_5_VLProcessor"
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
@@ -69,7 +74,29 @@ def load_processor(path: str | Path, max_pixels: int | None = None, trust_remote
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, **kwargs)
     except OSError as error:
         raise ModelLoadError(f"cannot load the processor of {path}: {_first_line(error)}") from error
-    return ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=processor_chat_template(path, tokenizer))
+    processor = ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=processor_chat_template(path, tokenizer))
+    processor.checkpoint_class = checkpoint_processor_class(path) or processor.checkpoint_class
+    return processor
+
+
+def checkpoint_processor_class(path: str | Path) -> str | None:
+    """The processor class a checkpoint names (processor_config, preprocessor_config or tokenizer_config)."""
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        if Path(path).is_dir():
+            file = Path(path) / name
+        else:  # a hub id: its cached files only (HF_HUB_OFFLINE=1 at run time)
+            try:
+                from transformers.utils import cached_file
+
+                file = cached_file(str(path), name)
+            except (OSError, ValueError):
+                continue
+        if file is None or not Path(file).is_file():
+            continue
+        found = json.loads(Path(file).read_text()).get("processor_class")
+        if found:
+            return found
+    return None
 
 
 def processor_chat_template(path: str | Path, tokenizer) -> str | None:
@@ -101,16 +128,19 @@ def load_model(path: str | Path, device: str | None = None, dtype: torch.dtype |
 
 
 def save_processor(processor, folder: str | Path) -> None:
-    """Save a processor so that `AutoProcessor` loads it where torchvision exists: a folder saved from the
-    image-only processor would otherwise name a class only saferdemo knows."""
+    """Save a processor so that `AutoProcessor` loads it where torchvision exists, as the checkpoint's own
+    class: a folder saved from the image-only processor would otherwise name a class only saferdemo knows (and
+    a Qwen3-VL run must not come back as Qwen2.5-VL's processor)."""
     folder = Path(folder)
     processor.save_pretrained(folder)
+    name_to_write = getattr(processor, "checkpoint_class", None) or type(processor).__name__
     for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
         path = folder / name
         if path.exists():
             config = json.loads(path.read_text())
+            config.pop("checkpoint_class", None)
             if "processor_class" in config or name != "preprocessor_config.json":
-                config["processor_class"] = "Qwen2_5_VLProcessor"
+                config["processor_class"] = name_to_write
             path.write_text(json.dumps(config, indent=2) + "\n")
 
 

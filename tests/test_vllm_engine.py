@@ -61,3 +61,22 @@ def test_engine_arguments_follow_the_checkpoint(real_checkpoint, tmp_path):
     (tmp_path / "adapter_config.json").write_text('{"r": 128, "base_model_name_or_path": "x"}')
     lora = engine_args(str(real_checkpoint), str(tmp_path), 32768, 0.28, 8, None)
     assert lora["enable_lora"] and lora["max_lora_rank"] == 128 and lora["max_model_len"] == 32768
+
+
+@pytest.mark.parametrize("rank,wanted", [(1, 1), (2, 8), (8, 8), (12, 16), (64, 64), (100, 128), (300, 320),
+                                         (512, 512)])
+def test_max_lora_rank_is_rounded_up_to_a_rank_vllm_accepts(tmp_path, rank, wanted):
+    """vLLM 0.31's max_lora_rank is a Literal of (1, 8, 16, 32, 64, 128, 256, 320, 512): any other value is
+    refused at start, and an adapter above it is refused at load."""
+    from saferdemo.engines.vllm_engine import lora_rank
+
+    (tmp_path / "adapter_config.json").write_text(f'{{"r": {rank}, "base_model_name_or_path": "x"}}')
+    assert lora_rank(str(tmp_path)) == wanted
+
+
+def test_a_lora_rank_above_vllms_largest_is_explained(tmp_path):
+    from saferdemo.engines.vllm_engine import lora_rank
+
+    (tmp_path / "adapter_config.json").write_text('{"r": 1024, "base_model_name_or_path": "x"}')
+    with pytest.raises(EngineError, match="rank 1024 is above 512"):
+        lora_rank(str(tmp_path))

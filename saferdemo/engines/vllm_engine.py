@@ -4,8 +4,8 @@ AsyncLLM runs on a background event loop thread; each generation is an asyncio t
 are handed to the caller through a queue. Stop (or the caller leaving) cancels the task, and AsyncLLM
 aborts the request in the engine. A checkpoint that is a LoRA adapter runs as its base model plus a
 `LoRARequest`. vLLM needs the GPU for its whole life, so it is refused on ZeroGPU Spaces.
-API checked against vLLM 0.10.1–0.12 (notes in the project history); the tests run only where vllm and a
-GPU exist.
+API reviewed against vLLM 0.31.0 (the version the `vllm` extra pins: `AsyncLLM`, `AsyncEngineArgs`,
+`LoRARequest`, `RequestOutputKind.DELTA`); not run here (no GPU): the tests run only where vllm and a GPU exist.
 """
 
 from __future__ import annotations
@@ -74,11 +74,21 @@ def model_context_length(model: str) -> int | None:
     return (data.get("text_config") or {}).get("max_position_embeddings") or data.get("max_position_embeddings")
 
 
+# The values vLLM 0.31 accepts for max_lora_rank: vllm.config.lora.MaxLoRARanks, a Literal (the same since 0.14).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
 def lora_rank(lora_path: str | None) -> int:
-    """The adapter's rank (vLLM refuses adapters above max_lora_rank); 16 is vLLM's own default."""
+    """max_lora_rank for the adapter: its rank rounded up to a value vLLM accepts (vLLM refuses adapters above
+    max_lora_rank, and any max_lora_rank outside VLLM_LORA_RANKS); 16 is vLLM's own default."""
     if not lora_path:
         return 16
-    return int(json.loads((Path(lora_path) / "adapter_config.json").read_text()).get("r", 16))
+    rank = int(json.loads((Path(lora_path) / "adapter_config.json").read_text()).get("r", 16))
+    allowed = [value for value in VLLM_LORA_RANKS if value >= rank]
+    if not allowed:
+        raise EngineError(f"{lora_path}: LoRA rank {rank} is above {VLLM_LORA_RANKS[-1]}, the largest vLLM serves; "
+                          "merge the adapter (saferdemo loads it merged with --backend transformers)")
+    return allowed[0]
 
 
 def engine_args(model: str, lora_path: str | None, max_model_len: int | None, gpu_memory_utilization: float,
