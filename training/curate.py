@@ -153,7 +153,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _plot(rows: list[dict], config: CurationConfig, path: Path) -> None:
-    import plotly.graph_objects as go
+    """curation.html; plotly is imported here only, and a host without it (a bare GPU machine) curates anyway."""
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        print(f"curation: plotly is not installed, {path.name} not written (pip install plotly)", flush=True)
+        return
 
     fig = go.Figure()
     for label, harmful in (("harmful", True), ("benign", False)):
