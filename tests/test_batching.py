@@ -69,6 +69,41 @@ def test_different_sampling_settings_run_in_their_own_batches(engines):
     assert results[1] == collect(plain.start(*request(CARDS[1], params=sampled)))  # same seed, same sample
 
 
+def test_unseeded_rows_with_different_settings_share_one_generate(engines):
+    """One user's odd temperatures no longer get batches of their own (a victim's first update waited 9.4 s
+    behind them); greedy rows in a mixed batch still give their greedy answers."""
+    plain, batching = engines
+    settings = [GenerationParams(max_new_tokens=48), GenerationParams(max_new_tokens=48, temperature=1.0),
+                GenerationParams(max_new_tokens=48, temperature=0.7, top_p=0.9),
+                GenerationParams(max_new_tokens=48, temperature=1.9, top_p=0.5)]
+    before = len(batching.batches)
+    results = at_once(batching, [request(CARDS[i], params=p) for i, p in enumerate(settings)])
+    assert max(batching.batches[before:]) == 4
+    assert results[0] == alone(plain, CARDS[0], params=settings[0])
+    assert all(isinstance(text, str) and text for text in results)
+
+
+def test_row_sampling_applies_each_rows_own_warpers():
+    import torch
+    from transformers import TemperatureLogitsWarper, TopPLogitsWarper
+
+    from saferdemo.engines.batching import RowSampling
+
+    torch.manual_seed(0)
+    scores = torch.randn(4, 50) * 3
+    scores[3, 7] = scores[3, 9] = scores[3].max() + 1  # a tie: greedy decoding takes the first
+    params = [GenerationParams(temperature=0.7, top_p=0.9), GenerationParams(temperature=1.3, top_p=0.3),
+              GenerationParams(), GenerationParams()]
+    out = RowSampling(params)(None, scores.clone())
+    for row in (0, 1):
+        p = params[row]
+        expected = TopPLogitsWarper(p.top_p)(None, TemperatureLogitsWarper(p.temperature)(None, scores[row:row + 1].clone()))
+        assert torch.equal(out[row:row + 1], expected)
+    for row in (2, 3):  # greedy rows: exactly one token left, the arg-max
+        assert torch.isfinite(out[row]).sum() == 1 and out[row].argmax() == scores[row].argmax()
+    assert out[3].argmax() == 7
+
+
 def test_stopping_one_row_leaves_its_batch_mate_streaming(engines):
     plain, batching = engines
     long = GenerationParams(max_new_tokens=96)

@@ -3,8 +3,9 @@
 Every column of every user used to run its own batch-1 `generate` in its own thread: more users added GIL
 contention and no throughput. `BatchingEngine` wraps a `TransformersEngine`: `start` prepares the request's
 inputs in the caller's thread (a bad image fails that request alone) and queues it; one worker thread takes
-what has gathered (up to `max_batch` rows of one sampling group: temperature, top-p and seed apply to a whole
-`generate` call) and runs it as one left-padded batch with images. Each row streams to its own consumer as
+what has gathered (up to `max_batch` rows) and runs it as one left-padded batch with images. Rows keep their own
+temperature and top-p inside one `generate` (`RowSampling`), so one user's odd settings never make the others
+wait for a batch of their own; only seeded requests batch apart, with their own kind (their random stream). Each row streams to its own consumer as
 tokens arrive and finishes as soon as IT is done (end of sequence, its own max new tokens, its Stop), while
 its batch-mates go on.
 
@@ -31,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from saferdemo.engines.base import EngineError, GenerationParams, StreamingGeneration
@@ -55,9 +56,10 @@ class Request:
 
     @property
     def group(self) -> tuple:
-        """Requests that can share one `generate` call: same sampling settings and seed."""
+        """Requests that can share one `generate` call: every unseeded request (each row samples with its own
+        settings); a seeded one only with the same seed and settings, whose random stream it must reproduce."""
         p = self.params
-        return (p.temperature > 0, p.temperature, p.top_p, p.seed)
+        return ("unseeded",) if p.seed is None else (p.temperature > 0, p.temperature, p.top_p, p.seed)
 
     @property
     def joinable(self) -> bool:
@@ -120,6 +122,37 @@ class _Rows(BaseStreamer, StoppingCriteria):
 
     def unfinished(self) -> list[Request]:
         return [r for r in self.requests if not r.generation.done]
+
+
+def batch_sampling_kwargs(params: list[GenerationParams]) -> dict:
+    """`generate` settings for rows with these parameters: the stock ones where all rows agree (greedy stays
+    `do_sample=False`), else sampling with each row's own temperature and top-p applied by `RowSampling`."""
+    if len({(p.temperature, p.top_p) for p in params}) == 1:
+        return sampling_kwargs(params[0])
+    return {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
+            "logits_processor": LogitsProcessorList([RowSampling(params)])}
+
+
+class RowSampling(LogitsProcessor):
+    """Each row's own temperature and top-p (as transformers' temperature and top-p warpers apply them), and
+    greedy rows (temperature 0) reduced to their arg-max token, so `generate`'s one sampling step serves all."""
+
+    def __init__(self, params: list[GenerationParams]):
+        self.temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
+        self.top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        temperature, top_p = self.temperature.to(scores.device), self.top_p.to(scores.device)
+        greedy = temperature <= 0
+        scores = scores / torch.where(greedy, torch.ones_like(temperature), temperature).unsqueeze(1).to(scores.dtype)
+        ascending, order = torch.sort(scores, descending=False)
+        cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
+        drop = cumulative <= (1 - top_p).unsqueeze(1)
+        drop[:, -1] = False  # the most likely token always stays
+        drop = drop.scatter(1, order, drop)
+        best = torch.zeros_like(drop).scatter(1, scores.argmax(dim=-1, keepdim=True), True)
+        drop = torch.where(greedy.unsqueeze(1), ~best, drop)  # arg-max as greedy decoding picks it (first of ties)
+        return scores.masked_fill(drop, -float("inf"))
 
 
 def _finish(tokenizer, request: Request) -> None:
@@ -200,8 +233,8 @@ class BatchingEngine:
         return taken
 
     def _should_join(self, batch: list[Request]) -> bool:
-        """Whether to end this batch's generate now: the oldest waiting request can join it. (Requests of
-        other settings ahead in the queue are not passed over: the batch drains and they go next.)"""
+        """Whether to end this batch's generate now: the oldest waiting request can join it. (A seeded request
+        ahead in the queue is not passed over: the batch drains and it goes next.)"""
         with self._arrived:
             head = self._waiting[0] if self._waiting else None
             return (head is not None and head.group == batch[0].group and not head.generation.stop.is_set()
@@ -221,7 +254,7 @@ class BatchingEngine:
                 self.model.generate(**self._batch_inputs(batch), streamer=rows,
                                     stopping_criteria=StoppingCriteriaList([rows]),
                                     max_new_tokens=max(r.params.max_new_tokens - len(r.tokens) for r in batch),
-                                    **sampling_kwargs(params))
+                                    **batch_sampling_kwargs([r.params for r in batch]))
         except Exception as error:
             self._failed(rows.unfinished(), error)
             return []
