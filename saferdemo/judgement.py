@@ -128,19 +128,29 @@ def parse_judgement(text: str) -> Judgement:
     raise JudgementParseError(f"no JSON object in the judge's output: {text.strip()[:120]!r}")
 
 
+# A judgement is well under 2,000 characters and ends the judge's output. Reading only the output's tail, and
+# only the last so many `{` in it as starts, bounds the work: on a long run of unclosed `{"a":{"a":...` every
+# start parses to the end and fails, which was quadratic in the output's length (deep nesting also raised
+# RecursionError).
+JUDGEMENT_TAIL_CHARS = 16_000
+MAX_OBJECT_STARTS = 512
+
+
 def _json_objects(text: str) -> list[dict]:
-    """Every top-level JSON object in `text`, in order (nested objects are part of their parent)."""
-    decoder, objects, position = json.JSONDecoder(), [], 0
-    while (start := text.find("{", position)) != -1:
+    """The top-level JSON objects among the output's last starts, in order (nested ones are part of their parent).
+
+    Starts are tried from the last one backwards: an object found later inside one found earlier is dropped."""
+    text = text[-JUDGEMENT_TAIL_CHARS:]
+    decoder, found = json.JSONDecoder(), []  # (start, end, object)
+    starts = [index for index, char in enumerate(text) if char == "{"][-MAX_OBJECT_STARTS:]
+    for start in reversed(starts):
         try:
             obj, end = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
-            position = start + 1
+        except (json.JSONDecodeError, RecursionError):
             continue
         if isinstance(obj, dict):
-            objects.append(obj)
-        position = end
-    return objects
+            found = [f for f in found if not (start <= f[0] and f[1] <= end)] + [(start, end, obj)]
+    return [obj for _, _, obj in sorted(found, key=lambda f: f[0])]
 
 
 def _judgement(obj: dict) -> Judgement:

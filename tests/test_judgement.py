@@ -218,3 +218,18 @@ def test_identical_items_are_judged_once_and_every_row_gets_its_result():
     assert engine.seen == [4]  # rows 0 and 2: the same pixels, request and response
     assert [r.judgement.verdict for r in results] == ["safe", "unsafe", "safe", "safe", "safe"]
     assert results[0] is not results[2] and results[0].raw == results[2].raw
+
+
+@pytest.mark.parametrize("junk", ['{"a":' * 100_000, "{" * 200_000, '{"a": [' * 50_000, '"{' * 100_000],
+                         ids=["unclosed-objects", "braces", "objects-and-lists", "quoted-braces"])
+def test_hostile_output_is_refused_quickly_and_a_judgement_after_junk_still_reads(junk):
+    """Deep nesting raised RecursionError; a long run of unclosed objects was quadratic (every start parsed
+    to the end). The parser reads the output's tail and gives up after a bounded number of failed starts."""
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(JudgementParseError):
+        parse_judgement(junk)
+    j = judgement(answer_safety=2, verdict="unsafe")
+    assert parse_judgement(junk[:20_000] + "\n" + j.to_compact_json()) == j
+    assert time.perf_counter() - started < 2.0
