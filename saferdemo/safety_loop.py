@@ -1,12 +1,17 @@
 """The inference-time safety loop of one column: draft → GRM → (if flagged) reflection → corrected → GRM.
 
 `run_turn` is a generator of `Turn` snapshots, one per streamed chunk or finished step, so a UI can redraw
-from the latest snapshot alone. Both judgements are kept. A draft is flagged when the GRM's verdict is
-unsafe, the safety gate closes, or the reward falls below `threshold` (so a needless refusal can be
-reflected on too), and when no judgement could be had at all (the judge failed or its output did not parse:
-the turn is unverified, and an unverified draft is reflected on rather than trusted: the loop fails closed).
-The reflection prompt is the training one (saferdemo.prompts.reflection_messages), with
-the GRM's rationale as the critique.
+from the latest snapshot alone; its last snapshot is always phase "done", however the turn ended. Both
+judgements are kept. A draft is flagged when the GRM's verdict is unsafe, the safety gate closes, or the
+reward falls below `threshold` (so a needless refusal can be reflected on too), and when no judgement could
+be had at all (the judge failed or its output did not parse: the turn is unverified, and an unverified draft
+is reflected on rather than trusted: the loop fails closed). The reflection prompt is the training one
+(saferdemo.prompts.reflection_messages), with the GRM's rationale as the critique.
+
+The loop never makes an answer worse: after the correction is judged, the better-judged of draft and
+revision is kept (`better`: judged safe > unverified > judged unsafe, then the higher reward; a tie keeps the
+draft), and the turn says which and why (`kept`, `kept_reason`, `outcome`). A reflection that never closes
+has no corrected answer: the draft is kept, as training does.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from saferdemo.prompts import reflection_messages
 from saferdemo.segments import Segments, after_reflection, parse
 
 Phase = Literal["drafting", "judging", "reflecting", "rejudging", "done"]
+Kept = Literal["draft", "revision"]
 UNVERIFIED_CRITIQUE = "The response could not be verified as safe. Check it for harmful content."
 
 
@@ -43,27 +49,43 @@ class Turn:
     draft: Segments = field(default_factory=Segments)
     draft_stats: GenerationStats | None = None
     draft_judge: JudgeResult | None = None
+    flagged: bool = False  # the GRM flagged the draft (whether or not the loop then reflected)
     reflected: bool = False
     revision_text: str = ""
     revision: Segments = field(default_factory=Segments)
     revision_stats: GenerationStats | None = None
-    final_judge: JudgeResult | None = None
+    final_judge: JudgeResult | None = None  # the corrected answer's judgement (None: not reflected or not judged)
+    kept: Kept = "draft"  # which answer the turn ends with (and the history keeps)
+    kept_reason: str = ""  # why, when the loop reflected
     error: str | None = None
     stopped: bool = False
     stopped_in: Phase | None = None  # the phase Stop ended
 
     @property
     def final(self) -> Segments:
-        return self.revision if self.reflected else self.draft
+        return self.revision if self.kept == "revision" else self.draft
 
     @property
     def final_answer(self) -> str:
-        """What goes into the history for the next turn: the answer only, no thinking or reflection."""
+        """What goes into the history for the next turn: the kept answer only, no thinking or reflection."""
         return self.final.answer
 
     @property
     def final_judgement(self) -> JudgeResult | None:
-        return self.final_judge if self.reflected else self.draft_judge
+        """The judgement of the answer the turn ends with (the draft's unless the revision was kept)."""
+        return self.final_judge if self.kept == "revision" else self.draft_judge
+
+    @property
+    def outcome(self) -> str | None:
+        """How a reflected turn ended: "corrected" (the revision kept and judged safe), "revised" (the revision
+        kept, judged better than the draft but not safe), "kept draft"; "stopped" if Stop came first."""
+        if not self.reflected or self.phase != "done":
+            return None
+        if self.kept == "revision":
+            return "corrected" if _rank(self.final_judge) == 2 else "revised"
+        if self.stopped and self.stopped_in in ("reflecting", "rejudging"):
+            return "stopped"
+        return "kept draft"
 
     def snapshot(self) -> Turn:
         return copy.copy(self)
@@ -74,7 +96,18 @@ class Turn:
             return self
         ended = self.snapshot()
         ended.stopped_in, ended.stopped, ended.phase = self.phase, True, "done"
+        if ended.reflected and ended.kept == "draft" and not ended.kept_reason:
+            ended.kept_reason = "stopped before the correction was judged"
         return ended
+
+    def verdict(self) -> dict:
+        """The turn's final verdict, always filled once it is done: the kept answer's judgement ("label":
+        safe, unsafe, unverified, or None when nothing judged it), how the loop ended and the one-line strip."""
+        result = self.final_judgement
+        label = None if result is None else ("unverified" if result.judgement is None else result.judgement.verdict)
+        return {"label": label, "reward": None if result is None or result.reward is None else round(result.reward, 4),
+                "flagged": self.flagged, "reflected": self.reflected, "outcome": self.outcome, "kept": self.kept,
+                "reason": self.kept_reason or None, "stopped": self.stopped, "strip": strip_text(self)}
 
     def as_dict(self) -> dict:
         """Everything the turn produced, as JSON-ready data (the CLI's --json, exports)."""
@@ -82,6 +115,7 @@ class Turn:
             return {"think": seg.think, "reflection": seg.reflection, "answer": seg.answer, "truncated": seg.truncated}
 
         return {
+            "verdict": self.verdict(),
             "draft": segments(self.draft),
             "draft_judgement": self.draft_judge.as_dict() if self.draft_judge else None,
             "reflected": self.reflected,
@@ -91,56 +125,160 @@ class Turn:
             "timings": {"draft": self.draft_stats.as_dict() if self.draft_stats else None,
                         "revision": self.revision_stats.as_dict() if self.revision_stats else None},
             "stopped": self.stopped,
+            "stopped_in": self.stopped_in,
             "error": self.error,
         }
 
 
 def flagged(result: JudgeResult | None, config: LoopConfig) -> bool:
+    """Whether a judged draft calls for reflection: unsafe, gated, reward under the threshold, or unverified."""
     if result is None:
         return False  # not judged at all (no judge configured)
     if result.judgement is None:
         return True  # unverified: fail closed (see the module docstring)
-    return result.unsafe or result.reward < config.threshold
+    return result.unsafe or result.reward is None or result.reward < config.threshold
+
+
+def _rank(result: JudgeResult | None) -> int:
+    """2: judged safe; 1: unverified (unknown); 0: judged unsafe (known bad)."""
+    if result is None or result.judgement is None:
+        return 1
+    return 0 if result.unsafe else 2
+
+
+def better(revision: JudgeResult | None, draft: JudgeResult | None) -> bool:
+    """Whether the revision is judged better than the draft: a higher rank (safe > unverified > unsafe), or the
+    same rank and a higher reward. A tie keeps the draft: a revision must earn its place."""
+    key_r, key_d = _rank(revision), _rank(draft)
+    if key_r != key_d:
+        return key_r > key_d
+    reward_r = revision.reward if revision is not None and revision.reward is not None else -1.0
+    reward_d = draft.reward if draft is not None and draft.reward is not None else -1.0
+    return reward_r > reward_d
+
+
+def short_verdict(result: JudgeResult | None) -> str:
+    """"safe · 0.95", "unsafe · 0.00", "unverified", or "not judged"."""
+    if result is None:
+        return "not judged"
+    if result.judgement is None:
+        return "unverified"
+    return f"{result.judgement.verdict} · {result.reward:.2f}"
+
+
+def tone(result: JudgeResult | None) -> str:
+    """How a judgement reads at a glance: "safe", "unsafe" (unsafe or gated), or "unknown"."""
+    return {2: "safe", 1: "unknown", 0: "unsafe"}[_rank(result)]
+
+
+def strip_parts(turn: Turn) -> list[tuple[str, str | None]]:
+    """The verdict strip as (text, tone) parts joined by " → " (tone: safe, unsafe, unknown or None for a step);
+    empty until the turn is done. Every ended turn has one."""
+    if turn.phase != "done":
+        return []
+    draft = turn.draft_judge
+    if draft is None:
+        why = "stopped" if turn.stopped else "error" if turn.error else "no GRM"
+        return [(f"draft: not judged ({why})", "unknown")]
+    if not turn.reflected:
+        if turn.flagged and turn.stopped:
+            return [(f"draft: {short_verdict(draft)}", tone(draft)), ("flagged", None), ("stopped", None)]
+        suffix = " · flagged (safety loop off)" if turn.flagged else ""
+        return [(f"GRM: {short_verdict(draft)}{suffix}", tone(draft))]
+    parts = [(f"draft: {short_verdict(draft)}", tone(draft)), ("reflected", None)]
+    outcome = turn.outcome
+    if outcome == "corrected":
+        return parts + [(f"corrected: {short_verdict(turn.final_judge)}", tone(turn.final_judge))]
+    if outcome == "revised":
+        return parts + [(f"revised: {short_verdict(turn.final_judge)} (kept: {turn.kept_reason})",
+                         tone(turn.final_judge))]
+    if outcome == "stopped":
+        return parts + [("stopped (kept draft)", tone(draft))]
+    return parts + [(f"kept draft ({turn.kept_reason})", tone(draft))]
+
+
+def strip_text(turn: Turn) -> str | None:
+    """The turn's story in one line, e.g. "draft: unsafe · 0.00 → reflected → corrected: safe · 0.95" (None
+    until the turn is done)."""
+    parts = strip_parts(turn)
+    return " → ".join(text for text, _ in parts) if parts else None
 
 
 def run_turn(engine: Engine, judge: GRMClient | None, messages: list[dict], images: list[Image.Image], request: str,
              params: GenerationParams, loop: LoopConfig, stop: threading.Event):
-    """Yield `Turn` snapshots while the column drafts, is judged, reflects and is judged again."""
+    """Yield `Turn` snapshots while the column drafts, is judged, reflects and is judged again; the last one is
+    always phase "done". `stopped` is set only when Stop cut this column's work short: a column that had
+    already finished when the other was stopped ends as it finished."""
     turn = Turn()
-    judge_image = images[-1] if images else None  # the newest image in the conversation
-    earlier = earlier_turns(messages)
     try:
-        yield from _stream(engine, messages, images, params, stop, turn, "draft")
-        if stop.is_set() or judge is None:
-            return
-        turn.phase = "judging"
-        yield turn.snapshot()
-        turn.draft_judge = judge.judge(judge_image, request, turn.draft_text, stop, earlier)
-        yield turn.snapshot()
-        if stop.is_set() or not (loop.enabled and flagged(turn.draft_judge, loop)):
-            return
-        turn.reflected, turn.phase = True, "reflecting"
-        judgement = turn.draft_judge.judgement
-        critique = (judgement.rationale or "The response may be unsafe.") if judgement else UNVERIFIED_CRITIQUE
-        longer = GenerationParams(params.max_new_tokens + loop.reflection_extra_tokens, params.temperature,
-                                  params.top_p, params.seed)
-        yield from _stream(engine, reflection_messages(messages, turn.draft_text, critique), images, longer, stop,
-                           turn, "revision")
-        if stop.is_set():
-            return
-        turn.phase = "rejudging"
-        yield turn.snapshot()
-        corrected = after_reflection(turn.revision_text)  # judge the corrected response alone
-        corrected = turn.revision_text if corrected is None else corrected
-        turn.final_judge = judge.judge(judge_image, request, corrected, stop, earlier)
+        yield from _loop(turn, engine, judge, messages, images, request, params, loop, stop)
     except EngineError as error:
         turn.error = str(error)
-    finally:
-        turn.stopped = stop.is_set()
-        if turn.stopped and turn.phase != "done":
-            turn.stopped_in = turn.phase
-        turn.phase = "done"
+        if turn.reflected and turn.kept == "draft" and not turn.kept_reason:
+            turn.kept_reason = "the reflection failed"
+    turn.phase = "done"
     yield turn.snapshot()
+
+
+def _stopped(turn: Turn, stop: threading.Event) -> bool:
+    """Whether Stop has come; if so the turn records the phase it ended."""
+    if stop.is_set():
+        turn.stopped, turn.stopped_in = True, turn.phase
+    return turn.stopped
+
+
+def _loop(turn: Turn, engine, judge, messages, images, request, params, loop: LoopConfig, stop):
+    judge_image = images[-1] if images else None  # the newest image in the conversation
+    earlier = earlier_turns(messages)
+    yield from _stream(engine, messages, images, params, stop, turn, "draft")
+    if _stopped(turn, stop) or judge is None:
+        return
+    turn.phase = "judging"
+    yield turn.snapshot()
+    result = judge.judge(judge_image, request, turn.draft_text, stop, earlier)
+    if stop.is_set() and result.judgement is None:  # Stop cut the judge short: that is no verdict
+        _stopped(turn, stop)
+        return
+    turn.draft_judge, turn.flagged = result, flagged(result, loop)
+    yield turn.snapshot()
+    if not (loop.enabled and turn.flagged):
+        return
+    if stop.is_set():  # flagged, but Stop came before the reflection began
+        turn.stopped, turn.stopped_in = True, "judging"
+        return
+    turn.reflected, turn.phase = True, "reflecting"
+    judgement = result.judgement
+    critique = (judgement.rationale or "The response may be unsafe.") if judgement else UNVERIFIED_CRITIQUE
+    longer = GenerationParams(params.max_new_tokens + loop.reflection_extra_tokens, params.temperature,
+                              params.top_p, params.seed)
+    yield from _stream(engine, reflection_messages(messages, turn.draft_text, critique), images, longer, stop,
+                       turn, "revision")
+    if _stopped(turn, stop):
+        turn.kept_reason = "stopped before the correction was judged"
+        return
+    corrected = after_reflection(turn.revision_text)  # judge the corrected response alone
+    if corrected is None:  # the reflection never closed: there is no corrected answer (training keeps the draft)
+        turn.kept_reason = "the reflection never closed"
+        return
+    turn.phase = "rejudging"
+    yield turn.snapshot()
+    revised = judge.judge(judge_image, request, corrected, stop, earlier)
+    if stop.is_set() and revised.judgement is None:
+        _stopped(turn, stop)
+        turn.kept_reason = "stopped before the correction was judged"
+        return
+    turn.final_judge = revised
+    if better(revised, turn.draft_judge):
+        turn.kept = "revision"
+        turn.kept_reason = ("judged safe" if _rank(revised) == 2 and _rank(turn.draft_judge) < 2 else
+                            f"judged better than the draft ({short_verdict(turn.draft_judge)})")
+    else:
+        turn.kept_reason = f"the revision was judged {'no better' if _same(revised, turn.draft_judge) else 'worse'}: " \
+                           f"{short_verdict(revised)}"
+
+
+def _same(a: JudgeResult | None, b: JudgeResult | None) -> bool:
+    return _rank(a) == _rank(b) and (a.reward if a else None) == (b.reward if b else None)
 
 
 def _stream(engine, messages, images, params, stop, turn: Turn, which: str):
