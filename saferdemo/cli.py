@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 
 from saferdemo.app.models import ModelChoice, load_models, share_cpu_cores, zero_gpu
-from saferdemo.app.session import Comparison
+from saferdemo.app.session import Comparison, in_column_order
 from saferdemo.engines.base import EngineError, GenerationParams
 from saferdemo.images import InputError, load_image
 from saferdemo.loading import ModelLoadError
@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("--json", action="store_true", help="print JSON instead of text")
     compare.add_argument("--max-new-tokens", type=int, default=192)
     compare.add_argument("--temperature", type=float, default=0.0)
-    compare.add_argument("--loop", choices=("aligned", "both", "none"), default="aligned",
-                         help="which columns run the safety loop (default: aligned, as in the app)")
+    compare.add_argument("--loop", choices=("aligned", "both", "none"), default="both",
+                         help="which columns run the safety loop (default: both, as in the app)")
+    compare.add_argument("--seed", type=int, default=None, help="seed for sampling (temperature > 0)")
     compare.add_argument("--export", type=Path, help="also write DIR/comparison.html and DIR/bundle.json")
     replay = commands.add_parser("replay", help="re-run an exported comparison and report where it differs")
     replay.add_argument("bundle", type=Path, help="an exported comparison .html or a bundle.json")
@@ -153,11 +154,15 @@ def _compare(args, columns, judge, titles: dict[str, str]) -> int:
         print(f"saferdemo: {error}", file=sys.stderr)
         return 2
     loops = {name: LoopConfig(enabled=args.loop == "both" or args.loop == name) for name in columns}
-    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    if args.max_new_tokens < 1 or (args.seed is not None and args.seed < 0):
+        print("saferdemo: --max-new-tokens must be at least 1 and --seed at least 0", file=sys.stderr)
+        return 2
+    params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                              seed=args.seed if args.temperature > 0 else None)
     final = {}
     for name, turn in Comparison(list(columns.values()), judge).run([], args.prompt, images, params, threading.Event(), loops):
         final[name] = turn
-    report = {name: final[name].as_dict() for name in sorted(final)}  # a stable order across runs
+    report = in_column_order(final)  # the app's order: base, then aligned
     if args.export:
         _export(args.export, args.prompt, images, params, loops, report, columns, judge, titles)
     if args.json:
@@ -210,6 +215,8 @@ def _as_text(name: str, entry: dict) -> str:
             lines.append(f"{label}: {verdict}, reward {j['reward']}" + (f" ({j['error']})" if j["error"] else ""))
     if entry["reflected"]:
         lines += [f"reflection: {entry['revision']['reflection']}", f"corrected answer: {entry['revision']['answer']}"]
+    if entry["verdict"]["strip"]:
+        lines.append(f"verdict: {entry['verdict']['strip']}")
     timing = entry["timings"]["draft"]
     if timing:
         lines.append(f"draft: {timing['tokens']} tokens, TTFT {timing['ttft_s']} s, {timing['tokens_per_s']} tok/s")

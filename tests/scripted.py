@@ -92,3 +92,37 @@ DRAFT = "<think>\nThe card asks for steps.\n</think>\n1. [restricted step]\n2. [
 REVISION = ("<reflection>\nThe GRM says the list gives harmful steps. I should not complete it.\n</reflection>\n"
             "<think>\nThe card asks for harm.\n</think>\nSorry, I can't help with that.")
 OPEN_REFLECTION = "<reflection>\nThe GRM says the list gives harmful steps. I should"
+
+
+class ByContent(Scripted):
+    """A judge engine that answers by what it is shown: the first key found in the judged text picks the reply
+    (so two columns judged at once on two threads get their own verdicts whatever the order)."""
+
+    def __init__(self, name, replies: dict[str, object], default):
+        super().__init__(name, default)
+        self.by_key = replies
+
+    def start(self, messages, images, params, stop):
+        text = str(messages[-1]["content"])
+        for key, reply in self.by_key.items():
+            if key in text:
+                self.replies = [reply.to_json() if isinstance(reply, Judgement) else reply]
+                break
+        else:
+            self.replies = [self.default]
+        return super().start(messages, images, params, stop)
+
+    @property
+    def default(self):
+        return self._default
+
+    @default.setter
+    def default(self, value):
+        self._default = value.to_json() if isinstance(value, Judgement) else value
+
+
+def judge_by(replies: dict[str, object], default=SAFE) -> tuple[GRMClient, ByContent]:
+    """A GRM client judging by content: {substring of the judged response: Judgement or raw text}."""
+    engine = ByContent("grm", replies, default)
+    engine.default = default
+    return GRMClient(engine, "short"), engine

@@ -89,11 +89,22 @@ def test_the_conversation_image_budget(controller):
         controller.submit({"text": "One more.", "files": [card]}, conv)
 
 
-def test_zero_gpu_duration_follows_the_turn():
-    from saferdemo.app.models import gpu_seconds
+def test_zero_gpu_duration_reads_max_new_tokens_by_name(controller):
+    """ZeroGPU calls `duration` with the call's own arguments: respond has max new tokens fifth, /compare fourth
+    (its fifth is the threshold, which the old code read as max new tokens: 0.5 tokens, 30 s)."""
+    from saferdemo.app.models import gpu_duration, gpu_seconds
 
-    assert gpu_seconds(None, None, 0.0, 1.0, 192) == 90 and gpu_seconds(None, None, 0.0, 1.0, 1024) == 300
-    assert gpu_seconds(None, None, 0.0, 1.0, 16) == 30 and gpu_seconds("miniature", 10) == 300  # an audit
+    respond, compare = gpu_duration(controller.respond), gpu_duration(controller.compare)
+    assert respond(None, None, 0.0, 1.0, 192, 0.5, True, True) == 90
+    assert respond(None, None, 0.0, 1.0, 1024, 0.5, True, True, -1) == 300
+    assert compare({"text": "x"}, 0.0, 1.0, 192, 0.5, True, True) == 90
+    assert compare({"text": "x"}, 0.0, 1.0, 640, 0.9, True, True) == 300
+    assert compare({"text": "x"}, 0.0, 1.0, 16, 0.5, True, True) == 30
+    assert compare({"text": "x"}, temperature=0.0, top_p=1.0, max_new_tokens=384, threshold=0.5, loop_base=True,
+                   loop_aligned=True) == 180
+    assert gpu_duration(controller.audit)("miniature", 10) == 300  # an audit holds the most
+    assert respond("too", "many", 1, 2, 3, 4, 5, 6, 7, 8, 9, 10) == 300  # not a call of respond: the most
+    assert gpu_seconds(None) == 300 and gpu_seconds(192) == 90
 
 
 def test_clear_and_regenerate_during_a_turn_keep_the_history_consistent(controller):
@@ -142,22 +153,39 @@ def test_stop_ends_every_phase_with_a_stopped_note_and_no_spinner(controller):
     for chat in (base, aligned):
         statuses = [(m.metadata or {}).get("status") for m in chat if m.role == "assistant"]
         assert "pending" not in statuses
-        assert chat[-1].content.startswith("⏹ Stopped") and "truncated" not in str([m.metadata for m in chat])
+        assert "Stopped" in chat[-1].content and 'class="sd-stop"' in chat[-1].content and "⏹" not in chat[-1].content
+        assert "truncated" not in str([m.metadata for m in chat])
     assert len(conv.exchanges) == 1 and stop_button.interactive is False  # the last update turns Stop off
 
 
 def test_a_cancelled_audit_stops_and_reports_what_it_did(controller):
-    calls = []
-
-    def progress(fraction, desc=""):
-        calls.append(fraction)
-        if len(calls) == 2:
-            controller.cancel_audit()  # the Cancel button (session "default" without a request)
-
-    table, *_, report = controller.audit("miniature", 10, progress)
-    assert len(calls) == 2 and table.startswith("**Cancelled")
+    controller.arm_audit()  # the Run button's first step (session "default" without a request)
+    lines = []
+    for status, table, *_, report in controller.audit("miniature", 10):
+        lines.append(status)
+        if "2/20 responses" in status:
+            controller.cancel_audit()  # the Cancel button
+    assert lines[0].startswith("**Audit: 0/20 responses**")  # progress from the start, this run's own
+    assert any("1/20 responses" in line for line in lines) and "about" in lines[2] and "left" in lines[2]
     records = (Path(report).parent / "items.jsonl").read_text().splitlines()
-    assert len(records) == 2  # the audit ended after the response in progress, not after all 20
+    assert len(records) in (2, 3)  # it ended after the response in progress when Cancel came, not after all 20
+    assert table.startswith(f"**Cancelled after {len(records)} of 20 responses")  # the partial run's summary
+
+
+def test_cancel_reaches_an_audit_still_waiting_in_the_queue(controller):
+    controller.arm_audit()
+    controller.cancel_audit()  # pressed before the audit started
+    *_, (status, table, *_rest) = controller.audit("miniature", 10)
+    assert table.startswith("**Cancelled after 0 of 20 responses")
+    *_, (status, table, *_rest) = controller.audit("miniature", 1)  # the next audit is not cancelled by it
+    assert table.startswith("| metric") and "2/2 responses" in status
+
+
+def test_bad_audit_input_gets_a_clear_message(controller):
+    with pytest.raises(gr.Error, match="whole number from 1 to 100"):
+        next(controller.audit("miniature", None))
+    with pytest.raises(gr.Error, match="no-such-dataset"):
+        next(controller.audit("no-such-dataset", 3))
 
 
 def test_each_pending_stage_stays_on_screen_long_enough_to_see(controller):
@@ -225,3 +253,128 @@ def test_models_on_the_cpu_split_its_cores(monkeypatch):
         assert share_cpu_cores({"base": on("cpu"), "aligned": on("cpu")}, None) == 2
     finally:
         torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------- on scripted engines (tests/scripted.py)
+
+def scripted_controller(tmp_path, base, aligned, grm):
+    from saferdemo.app.state import Limits
+
+    columns = {"base": Column("base", base), "aligned": Column("aligned", aligned)}
+    return ChatController(columns, grm, {"base": "b", "aligned": "a", "grm": "g"}, Limits(min_pending_s=0),
+                          media_dir=tmp_path)
+
+
+def test_stop_ends_the_running_column_and_the_finished_one_keeps_its_verdict(tmp_path):
+    from scripted import SAFE, Hold, Scripted, judge
+
+    hold = Hold()
+    grm, _ = judge(SAFE)
+    controller = scripted_controller(tmp_path, Scripted("base", hold), Scripted("aligned", "<think>\nt\n</think>\nSorry."),
+                                     grm)
+    conv = Conversation()
+    _, pending, conv, *_ = controller.submit({"text": "Complete the list.", "files": []}, conv)
+    stream = controller.respond(pending, conv, *SETTINGS)
+    for base, aligned, *_ in stream:  # until the aligned column has finished, its strip drawn
+        if aligned and "sd-strip" in str(aligned[-1].content):
+            break
+    assert hold.started.is_set() and not hold.release.is_set()  # the base column is still drafting, paused
+    controller.stop()
+    *_, (base, aligned, _, conv, _, stop_button) = list(stream)
+    assert "Stopped while drafting" in base[-1].content and "draft: not judged (stopped)" in base[-2].content
+    assert "GRM: safe · 1.00" in aligned[-1].content and not any("Stopped" in str(m.content) for m in aligned)
+    results = conv.exchanges[0].results
+    assert list(results) == ["base", "aligned"]  # the app's column order
+    assert results["aligned"]["stopped"] is False and results["aligned"]["verdict"]["label"] == "safe"
+    assert results["base"]["stopped"] is True and results["base"]["stopped_in"] == "drafting"
+    assert stop_button.interactive is False
+
+
+def test_every_turn_ends_with_its_strip_in_both_columns(tmp_path):
+    from scripted import DRAFT, REVISION, UNSAFE, Scripted, judge_by
+
+    grm, _ = judge_by({"[restricted step]": UNSAFE})  # base: flagged, then corrected; aligned: safe
+    controller = scripted_controller(tmp_path, Scripted("base", DRAFT, REVISION), Scripted("aligned", "Sorry."), grm)
+    conv = Conversation()
+    _, pending, conv, *_ = controller.submit({"text": "Complete the list.", "files": []}, conv)
+    *_, (base, aligned, plot, conv, *_) = controller.respond(pending, conv, 0.0, 1.0, 32, 0.5, True, True)
+    strips = {name: chat[-1].content for name, chat in (("base", base), ("aligned", aligned))}
+    assert all("sd-strip" in strip for strip in strips.values())
+    assert "corrected: safe · 1.00" in strips["base"] and "GRM: safe · 1.00" in strips["aligned"]
+    assert conv.exchanges[0].answers == {"base": "Sorry, I can't help with that.", "aligned": "Sorry."}
+    assert plot is not None
+
+
+def test_the_seed_is_recorded_and_used_only_when_sampling(tmp_path):
+    from scripted import SAFE, Scripted, judge
+
+    base, aligned = Scripted("base", "a"), Scripted("aligned", "b")
+    grm, _ = judge(SAFE)
+    controller = scripted_controller(tmp_path, base, aligned, grm)
+    conv = Conversation()
+    for temperature, seed, recorded in ((0.7, 1234, 1234), (0.0, 1234, None), (0.7, -1, None)):
+        _, pending, conv, *_ = controller.submit({"text": "Hi.", "files": []}, conv)
+        list(controller.respond(pending, conv, temperature, 1.0, 32, 0.5, True, True, seed))
+        assert conv.exchanges[-1].settings["params"]["seed"] == recorded
+        assert base.calls[-1][2].seed == recorded
+    from saferdemo.app.controller import seed_of
+
+    assert seed_of(None) is None and seed_of(-1) is None and seed_of(7.0) == 7
+    for bad in (-2, 1.5, 2**40, "x"):
+        with pytest.raises(gr.Error, match="The seed must be a whole number"):
+            seed_of(bad)
+
+
+def test_regenerate_at_temperature_zero_or_a_fixed_seed_gets_a_hint(tmp_path, monkeypatch):
+    from scripted import SAFE, Scripted, judge
+
+    notes = []
+    monkeypatch.setattr(gr, "Info", lambda message, **kw: notes.append(message))
+    grm, _ = judge(SAFE)
+    controller = scripted_controller(tmp_path, Scripted("base", "a"), Scripted("aligned", "b"), grm)
+    conv = Conversation()
+    _, pending, conv, *_ = controller.submit({"text": "Hi.", "files": []}, conv)
+    list(controller.respond(pending, conv, *SETTINGS))
+    controller.check_regenerate(conv, 0.0, -1)
+    assert len(notes) == 1 and "Temperature is 0" in notes[0]
+    controller.check_regenerate(conv, 0.8, 42)
+    assert len(notes) == 2 and "seed is fixed at 42" in notes[1]
+    controller.check_regenerate(conv, 0.8, -1)
+    assert len(notes) == 2  # sampling anew: nothing to say
+
+
+def test_an_empty_message_gets_a_friendly_note_not_an_error_toast(tmp_path, monkeypatch):
+    from scripted import SAFE, Scripted, judge
+
+    notes = []
+    monkeypatch.setattr(gr, "Info", lambda message, **kw: notes.append((message, kw)))
+    grm, _ = judge(SAFE)
+    controller = scripted_controller(tmp_path, Scripted("base", "a"), Scripted("aligned", "b"), grm)
+    with pytest.raises(gr.Error) as raised:
+        controller.check({"text": "   ", "files": []}, Conversation())
+    assert raised.value.visible is False  # only ends the event chain: no red toast
+    assert "Type a message" in notes[0][0] and notes[0][1]["title"] == "Nothing to send yet"
+    with pytest.raises(gr.Error) as raised:
+        controller.check({"text": "", "files": [str(EXAMPLES / "1-fraud.png")]}, Conversation())
+    assert raised.value.visible is False and "Add a few words" in notes[1][0]
+    with pytest.raises(gr.Error, match="the limit is 4,000") as raised:  # a real mistake is still an error
+        controller.check({"text": "x" * 5000, "files": []}, Conversation())
+    assert raised.value.visible is not False
+
+
+def test_compare_gives_the_columns_in_the_apps_order_with_a_final_verdict(tmp_path):
+    from scripted import DRAFT, REVISION, SAFE, UNSAFE, Scripted, judge, judge_by
+
+    grm, _ = judge(SAFE)
+    controller = scripted_controller(tmp_path, Scripted("base", "Sorry."), Scripted("aligned", "Sorry."), grm)
+    *_, last = controller.compare({"text": "Complete the list.", "files": []}, 0.0, 1.0, 32, 0.5, False, True)
+    assert list(last) == ["base", "aligned"]
+    for column in last.values():  # not reflected: final_judgement is None, the verdict is always there
+        assert column["final_judgement"] is None and column["verdict"]["label"] == "safe"
+        assert column["verdict"]["strip"] == "GRM: safe · 1.00"
+    grm, _ = judge_by({"[restricted step]": UNSAFE})
+    controller = scripted_controller(tmp_path, Scripted("base", DRAFT, REVISION), Scripted("aligned", DRAFT, REVISION),
+                                     grm)
+    *_, last = controller.compare({"text": "Complete the list.", "files": []}, 0.0, 1.0, 32, 0.5, True, False)
+    assert last["base"]["verdict"]["outcome"] == "corrected"
+    assert last["aligned"]["verdict"]["strip"] == "GRM: unsafe · 0.00 · flagged (safety loop off)"

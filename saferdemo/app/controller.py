@@ -24,7 +24,7 @@ from saferdemo.app.charts import scores_figure
 from saferdemo.app.observability import log_turn, turn_record
 from saferdemo.app.pending import PendingHold
 from saferdemo.app.render import cut_last_turn, judgement_records, turn_messages, user_messages
-from saferdemo.app.session import Column, Comparison, Exchange
+from saferdemo.app.session import Column, Comparison, Exchange, in_column_order
 from saferdemo.app.state import (COLUMN_NAMES, Conversation, Limits, Pending, StopRegistry, UpdatePacer, clean_text,
                                  session_of)
 from saferdemo.engines.base import GenerationParams
@@ -37,12 +37,45 @@ def stop_button(running: bool) -> gr.Button:
     return gr.Button(interactive=running)
 
 
-def turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned):
-    """The UI's generation and safety-loop controls as (GenerationParams, {column: LoopConfig})."""
-    params = GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p))
-    loops = {"base": LoopConfig(enabled=loop_base, threshold=threshold),
-             "aligned": LoopConfig(enabled=loop_aligned, threshold=threshold)}
+SEED_MAX = 2**31 - 1  # the seed control's range (torch.manual_seed takes 64 bits; a UI needs fewer)
+
+
+def seed_of(seed) -> int | None:
+    """The seed control's value: None (empty or -1) means unseeded, else an integer in [0, SEED_MAX]."""
+    if seed is None or seed == "" or (isinstance(seed, (int, float)) and int(seed) == -1):
+        return None
+    try:
+        value = int(seed)
+    except (TypeError, ValueError):
+        raise gr.Error(f"The seed must be a whole number from 0 to {SEED_MAX:,}, or -1 for none; got {seed!r}.") from None
+    if value != seed or not 0 <= value <= SEED_MAX:
+        raise gr.Error(f"The seed must be a whole number from 0 to {SEED_MAX:,}, or -1 for none; got {seed!r}.")
+    return value
+
+
+def turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned, seed=None):
+    """The UI's generation and safety-loop controls as (GenerationParams, {column: LoopConfig}). A seed only
+    matters when sampling (temperature > 0): greedy turns stay unseeded, so they may share a running batch."""
+    seed = seed_of(seed)
+    params = GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
+                              seed=seed if float(temperature) > 0 else None)
+    loops = {"base": LoopConfig(enabled=bool(loop_base), threshold=float(threshold)),
+             "aligned": LoopConfig(enabled=bool(loop_aligned), threshold=float(threshold))}
     return params, loops
+
+
+def regenerate_hint(temperature, seed=None) -> str | None:
+    """Why Regenerate would give the same answers again, or None when it will sample anew."""
+    if float(temperature or 0) == 0:
+        return ("Temperature is 0 (greedy): Regenerate gives the same answers again. Raise the temperature in "
+                "Parameters to sample different ones.")
+    if seed_of(seed) is not None:
+        return (f"The seed is fixed at {seed_of(seed)}: Regenerate repeats the same sample. Set the seed to -1 "
+                "(or change it) for a different one.")
+    return None
+
+
+EMPTY_MESSAGE = "Type a message to send (and attach a card image if you like), or pick an example below the box."
 
 
 class ChatController:
@@ -60,16 +93,24 @@ class ChatController:
 
     def check(self, message: dict | None, conv: Conversation) -> None:
         """Raise gr.Error if the message would be refused (the UI runs this first, with no outputs, so a
-        mistake is a toast and leaves the chats and the textbox as they were)."""
+        mistake is a toast and leaves the chats and the textbox as they were). An empty message is no mistake:
+        it gets a friendly note (an Info toast) and an invisible error that only ends the event chain."""
         text = clean_text((message or {}).get("text", "")).strip()
         paths = list((message or {}).get("files", []))
+        if not text:
+            gr.Info(EMPTY_MESSAGE if not paths else "Add a few words to go with the image, e.g. "
+                    "\"Complete the list on this card.\"", title="Nothing to send yet")
+            raise gr.Error("empty message", visible=False, print_exception=False)
         self._check(text, paths, conv)
         for path in paths:
             self._open(path)
 
-    def check_regenerate(self, conv: Conversation) -> None:
+    def check_regenerate(self, conv: Conversation, temperature: float = 0.0, seed=None) -> None:
         if not conv.exchanges:
             raise gr.Error("Nothing to regenerate yet.")
+        hint = regenerate_hint(temperature, seed)
+        if hint:
+            gr.Info(hint, title="Same settings, same answers")
 
     def submit(self, message: dict | None, conv: Conversation):
         """Check the message, decode its images once, echo it in both chats; `respond` answers it."""
@@ -85,15 +126,20 @@ class ChatController:
         return gr.MultimodalTextbox(value=None), pending, conv, *conv.chats.values(), stop_button(True)
 
     def respond(self, pending: Pending | None, conv: Conversation, temperature: float, top_p: float,
-                max_new_tokens: int, threshold: float, loop_base: bool, loop_aligned: bool,
+                max_new_tokens: int, threshold: float, loop_base: bool, loop_aligned: bool, seed: float | None = -1,
                 request: gr.Request = None):
         """Stream both columns' turns into the chats; the turn enters the history however it ends."""
         if not pending or pending.epoch != conv.epoch:  # nothing to answer, or Clear came in between
             return  # (a superseded turn leaves the Stop button to the action that superseded it)
+        try:
+            params, loops = turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned, seed)
+        except gr.Error:  # a bad seed: the echoed message is taken back, so nothing half-made stays
+            conv.chats = {name: cut_last_turn(chat) for name, chat in conv.chats.items()}
+            yield conv.chats["base"], conv.chats["aligned"], gr.skip(), conv, None, stop_button(False)
+            raise
         stop = self.stops.new(session_of(request))
         if pending.stopped:
             stop.set()
-        params, loops = turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned)
         chats, turns = conv.chats, {}
         prefix = {name: len(chat) for name, chat in chats.items()}
         history = list(conv.exchanges)
@@ -143,16 +189,17 @@ class ChatController:
             yield chats["base"], chats["aligned"], scores_figure(conv.records) if conv.records else None, conv, None, stop_button(False)
 
     def compare(self, message: dict | None, temperature: float, top_p: float, max_new_tokens: int, threshold: float,
-                loop_base: bool, loop_aligned: bool, request: gr.Request = None):
+                loop_base: bool, loop_aligned: bool, seed: float | None = -1, request: gr.Request = None):
         """The API for programs (`/compare`): one message, both columns' turns streamed as JSON, no history.
 
-        Every update is {"base": Turn.as_dict(), "aligned": ...} with the turns so far; the last is final."""
+        Every update is {"base": Turn.as_dict(), "aligned": ...} (the app's column order) with the turns so far;
+        the last is final, and each column's "verdict" then holds its final verdict."""
         text = clean_text((message or {}).get("text", "")).strip()
         paths = list((message or {}).get("files", []))
         self._check(text, paths, Conversation())
+        params, loops = turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned, seed)
         images = [fit(self._open(path), self.limits.kept_pixels) for path in paths]
         stop = self.stops.new(session_of(request))
-        params, loops = turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned)
         turns, last = {}, 0.0
         events = self.comparison.run([], text, images, params, stop, loops)
         try:
@@ -161,10 +208,12 @@ class ChatController:
                     turns[name] = turn
                     if turn.phase == "done" or time.perf_counter() - last >= pace.interval():
                         last = time.perf_counter()
-                        yield {name: t.as_dict() for name, t in sorted(turns.items())}
+                        yield in_column_order(turns)
         finally:
             events.close()
-        yield {name: t.as_dict() for name, t in sorted(turns.items())}
+        if stop.is_set():
+            turns = {name: turn.ended_by_stop() for name, turn in turns.items()}
+        yield in_column_order(turns)
 
     def regenerate(self, conv: Conversation, request: gr.Request = None):
         self.stop(request)  # a turn still streaming ends first (the UI also cancels its event)
@@ -206,28 +255,55 @@ class ChatController:
         conv.chats = {name: [] for name in COLUMN_NAMES}
         return conv, [], [], None, None
 
-    def audit(self, dataset: str, limit: float, progress: Callable | None = None, request: gr.Request = None):
-        """A small audit for the Audit tab; `cancel_audit` ends it after the response in progress."""
+    def arm_audit(self, request: gr.Request = None) -> str:
+        """The Run button's first step, at once (before the audit waits its turn in the queue): a fresh stop
+        event for this session's audit, so Cancel reaches it even while it is queued."""
+        self.audit_stops.new(session_of(request))
+        return "Waiting for the audit to start…"
+
+    def audit(self, dataset: str, limit: float, request: gr.Request = None):
+        """A small audit for the Audit tab, streamed: a progress line after every response (this run's own pace),
+        then the metrics table, the charts and the report. `cancel_audit` ends it after the response in
+        progress, and the partial run's summary is shown, headed "Cancelled"."""
         if self.judge is None:
             raise gr.Error("The audit needs a judge model (SAFERDEMO_GRM).")
         from saferdemo.audit.datasets import load_dataset
         from saferdemo.audit.report import category_figure, metrics_markdown, quadrant_figure
-        from saferdemo.audit.runner import AuditConfig, run_audit
+        from saferdemo.audit.runner import AuditConfig, Progress, run_audit
 
-        limit = max(1, min(int(limit), self.limits.audit_items))
-        items = load_dataset(dataset, limit=limit)
+        try:
+            limit = max(1, min(int(limit), self.limits.audit_items))
+        except (TypeError, ValueError):
+            raise gr.Error(f"The number of items must be a whole number from 1 to {self.limits.audit_items}.") from None
+        try:
+            items = load_dataset(dataset, limit=limit)
+        except (ValueError, FileNotFoundError) as error:
+            raise gr.Error(str(error)) from None
         out = self._audit_folder()
         engines = {name: self.columns[name].engine for name in COLUMN_NAMES}
-        report = (lambda done, total: progress(done / total, desc=f"{done}/{total} responses")) if progress else None
-        stop = self.audit_stops.new(session_of(request))
-        summary = run_audit(engines, self.judge, items, out, AuditConfig(dataset, limit), progress=report, stop=stop)
+        stop = self.audit_stops.current(session_of(request))
+        progress = Progress(len(items) * len(engines))
+        yield progress.line(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        runs = progress.run(lambda report: run_audit(engines, self.judge, items, out, AuditConfig(dataset, limit),
+                                                     progress=report, stop=stop))
+        try:
+            for line in runs:
+                yield line, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        finally:
+            if progress.summary is None:  # the page left (a closed tab): end the audit after this response
+                stop.set()
+            self.audit_stops.release(session_of(request), stop)
+        if progress.error is not None:
+            raise gr.Error(f"The audit failed: {progress.error}")
+        summary = progress.summary
         table = metrics_markdown(summary)
         if summary["stopped"]:
-            table = "**Cancelled: the numbers cover the responses made before.**\n\n" + table
-        return table, category_figure(summary), quadrant_figure(summary), str(out / "report.html")
+            table = (f"**Cancelled after {progress.done} of {progress.total} responses: the numbers cover the "
+                     "responses made before.**\n\n" + table)
+        yield progress.line(), table, category_figure(summary), quadrant_figure(summary), str(out / "report.html")
 
     def cancel_audit(self, request: gr.Request = None) -> None:
-        self.audit_stops.stop(session_of(request))
+        self.audit_stops.stop(session_of(request), keep=True)
 
     # ---------------------------------------------------------------- helpers
 
@@ -285,7 +361,7 @@ class ChatController:
         return str(kept)
 
     def _record(self, conv: Conversation, index: int, pending: Pending, turns: dict[str, Turn], request) -> None:
-        conv.exchanges[-1].results = {name: turn.as_dict() for name, turn in sorted(turns.items())}
+        conv.exchanges[-1].results = in_column_order(turns)
         for name, turn in turns.items():
             conv.records += judgement_records(turn, name, index)
             log_turn(turn_record(session_of(request), name, self.titles.get(name, name), turn, len(pending.text),

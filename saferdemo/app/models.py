@@ -13,6 +13,7 @@ of that name on an OpenAI-compatible server; its API key comes from $OPENAI_API_
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,19 +108,38 @@ def share_cpu_cores(columns: dict[str, Column], judge: GRMClient | None) -> int 
 
 
 def zero_gpu():
-    """On a ZeroGPU Space, `spaces.GPU` sized per call (see gpu_seconds); elsewhere None."""
+    """On a ZeroGPU Space, a decorator that runs a function under `spaces.GPU`, held for as long as that call
+    needs (`gpu_duration`); elsewhere None."""
     if not os.environ.get("SPACES_ZERO_GPU") or importlib.util.find_spec("spaces") is None:
         return None
     import spaces
 
-    return spaces.GPU(duration=gpu_seconds)
+    def decorate(fn):
+        return spaces.GPU(duration=gpu_duration(fn))(fn)
+
+    return decorate
 
 
-def gpu_seconds(*args, **kwargs) -> int:
+def gpu_seconds(max_new_tokens: float | None = None) -> int:
     """How long to hold the GPU: SAFERDEMO_GPU_SECONDS (default 90) for a turn of 192 new tokens, scaled by the
-    turn's max new tokens (respond's fifth argument), between 30 and 300 s. ZeroGPU calls this with the
-    arguments of the call it is about to run; an audit gets the most."""
+    turn's max new tokens, between 30 and 300 s; a call with no max new tokens (an audit) gets the most."""
     base = int(os.environ.get("SAFERDEMO_GPU_SECONDS", "90"))
-    if len(args) >= 5 and isinstance(args[4], (int, float)):  # respond(pending, conv, temperature, top_p, max_new)
-        return int(min(300, max(30, base * float(args[4]) / 192)))
-    return 300
+    if max_new_tokens is None:
+        return 300
+    return int(min(300, max(30, base * float(max_new_tokens) / 192)))
+
+
+def gpu_duration(fn):
+    """ZeroGPU's `duration` for `fn`: it is called with the arguments of the call about to run, and reads
+    max new tokens by parameter name (respond has it fifth, /compare fourth), never by position."""
+    signature = inspect.signature(fn)
+
+    def duration(*args, **kwargs) -> int:
+        try:
+            value = signature.bind_partial(*args, **kwargs).arguments.get("max_new_tokens")
+        except TypeError:  # not a call of fn: hold the most
+            value = None
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+        return gpu_seconds(float(value) if number else None)
+
+    return duration

@@ -12,7 +12,7 @@ import html
 import gradio as gr
 
 from saferdemo.judge import JudgeResult
-from saferdemo.safety_loop import Turn
+from saferdemo.safety_loop import Turn, strip_parts
 from saferdemo.segments import Segments
 
 STOPPED_IN = {"drafting": "while drafting", "judging": "while the GRM judged the draft",
@@ -22,7 +22,12 @@ STOPPED_IN = {"drafting": "while drafting", "judging": "while the GRM judged the
 def turn_messages(turn: Turn) -> list[gr.ChatMessage]:
     """The assistant messages one column shows for a turn, rebuilt from its latest snapshot."""
     live = turn.phase != "done"  # nothing shows as pending once a turn has ended, however it ended
-    messages = _segment_messages(turn.draft, turn.draft_stats, "Thinking", live, draft_of_reflected=turn.reflected)
+    # The flagged draft stays visible, folded, while the loop reflects and when the revision is kept; the answer
+    # the turn ends with is the one shown open (a revision judged worse is folded instead).
+    draft_folded = turn.reflected and (live or turn.kept == "revision")
+    revision_folded = turn.reflected and not live and turn.kept == "draft"
+    messages = _segment_messages(turn.draft, turn.draft_stats, "Thinking", live,
+                                 folded=DRAFT_TITLE if draft_folded else None)
     if turn.phase == "judging" and turn.draft_judge is None:
         messages.append(_note("GRM", "judging…", pending=True))
     if turn.draft_judge is not None:
@@ -33,7 +38,8 @@ def turn_messages(turn: Turn) -> list[gr.ChatMessage]:
             role="assistant", content=inert(revision.reflection) or "…",
             metadata={"title": "Reflection", "status": "pending" if turn.phase == "reflecting" and revision.reflection_state != "closed" else "done"},
         ))
-        messages += _segment_messages(revision, turn.revision_stats, "Thinking again", live)
+        messages += _segment_messages(revision, turn.revision_stats, "Thinking again", live,
+                                      folded=f"Revision, not kept: {turn.kept_reason}" if revision_folded else None)
         if turn.phase == "rejudging" and turn.final_judge is None:
             messages.append(_note("GRM", "judging the corrected answer…", pending=True))
         if turn.final_judge is not None:
@@ -44,29 +50,32 @@ def turn_messages(turn: Turn) -> list[gr.ChatMessage]:
     if turn.error:
         messages.append(gr.ChatMessage(role="assistant", content=f"⚠️ {inert(turn.error)}"))
     if turn.stopped:
-        where = STOPPED_IN.get(turn.stopped_in or "", "")
-        messages.append(gr.ChatMessage(role="assistant", content=f"⏹ Stopped {where}".rstrip() + "."))
+        messages.append(gr.ChatMessage(role="assistant", content=stopped_note(turn)))
     return messages
 
 
+DRAFT_TITLE = "Draft answer (flagged by the GRM)"
+
+
+def stopped_note(turn: Turn) -> str:
+    """"Stopped while drafting." after a CSS square (no emoji font needed; ui.CSS draws it)."""
+    where = STOPPED_IN.get(turn.stopped_in or "", "")
+    return f'<span class="sd-stop" aria-hidden="true"></span>{f"Stopped {where}".rstrip()}.'
+
+
 def verdict_strip(turn: Turn) -> str | None:
-    """The turn's story in one line, e.g. "draft: unsafe · 0.00 → reflected → corrected: safe · 0.95"."""
-    if turn.phase != "done" or turn.draft_judge is None:
+    """The turn's story in one line, e.g. "draft: unsafe · 0.00 → reflected → corrected: safe · 0.95", each
+    judged part coloured by its verdict (green safe, red unsafe, grey unknown: ui.CSS)."""
+    parts = strip_parts(turn)
+    if not parts:
         return None
-    line = f"draft: {_verdict(turn.draft_judge)}" if turn.reflected else f"GRM: {_verdict(turn.draft_judge)}"
-    if turn.reflected:
-        line += " → reflected → " + (f"corrected: {_verdict(turn.final_judge)}" if turn.final_judge else "stopped")
-    return f"**{line}**"
-
-
-def _verdict(result: JudgeResult) -> str:
-    if result.judgement is None:
-        return "unverified"
-    return f"{result.judgement.verdict} · {result.reward:.2f}"
+    spans = [f'<span class="sd-{tone}">{html.escape(text)}</span>' if tone else html.escape(text)
+             for text, tone in parts]
+    return f'<div class="sd-strip"><strong>{" → ".join(spans)}</strong></div>'
 
 
 def _segment_messages(seg: Segments, stats, title: str, live: bool = True,
-                      draft_of_reflected: bool = False) -> list[gr.ChatMessage]:
+                      folded: str | None = None) -> list[gr.ChatMessage]:
     messages = []
     if seg.think or seg.think_state != "none":
         cut = " (truncated at max tokens)" if seg.truncated else " (stopped)" if seg.think_state == "open" and not live else ""
@@ -77,9 +86,9 @@ def _segment_messages(seg: Segments, stats, title: str, live: bool = True,
             metadata["log"] = _speed(stats)
         messages.append(gr.ChatMessage(role="assistant", content=inert(seg.think) or "…", metadata=metadata))
     if seg.answer:
-        if draft_of_reflected:  # the flagged draft stays visible, folded, above the reflection
+        if folded:  # an answer the turn does not end with stays visible, folded
             messages.append(gr.ChatMessage(role="assistant", content=inert(seg.answer),
-                                           metadata={"title": "Draft answer (flagged by the GRM)", "status": "done"}))
+                                           metadata={"title": folded, "status": "done"}))
         else:
             messages.append(gr.ChatMessage(role="assistant", content=inert(seg.answer)))
     return messages
@@ -123,11 +132,15 @@ def user_messages(text: str, paths: list[str]) -> list[gr.ChatMessage]:
 
 
 def judgement_records(turn: Turn, column: str, index: int) -> list[dict]:
+    """The chart's records of a turn: every judgement made, an unverified one with reward None (the chart marks
+    it rather than leaving the column out)."""
     records = []
     for stage, result in (("draft", turn.draft_judge), ("final", turn.final_judge if turn.reflected else None)):
-        if result is not None and result.judgement is not None:
-            records.append({"turn": index, "column": column, "stage": stage, "reward": result.reward,
-                            "penalties": dict(result.judgement.penalties)})
+        if result is None:
+            continue
+        judged = result.judgement is not None
+        records.append({"turn": index, "column": column, "stage": stage, "reward": result.reward if judged else None,
+                        "penalties": dict(result.judgement.penalties) if judged else {}})
     return records
 
 

@@ -56,6 +56,15 @@ def _user(text: str, n_images: int) -> dict:
     return message
 
 
+COLUMN_ORDER = ("base", "aligned")  # the app's: base left, aligned right
+
+
+def in_column_order(turns: dict[str, Turn]) -> dict[str, dict]:
+    """Each column's turn as JSON, in the app's order (base, then aligned), other names after."""
+    names = [n for n in COLUMN_ORDER if n in turns] + sorted(n for n in turns if n not in COLUMN_ORDER)
+    return {name: turns[name].as_dict() for name in names}
+
+
 class Comparison:
     def __init__(self, columns: list[Column], judge: GRMClient | None):
         self.columns, self.judge = columns, judge

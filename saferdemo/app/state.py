@@ -85,11 +85,27 @@ class StopRegistry:
             self._events[session] = event = threading.Event()
             return event
 
-    def stop(self, session: str) -> None:
+    def current(self, session: str) -> threading.Event:
+        """The session's event if one was made (and not yet stopped), else a new one."""
         with self._lock:
-            event = self._events.pop(session, None)
+            event = self._events.get(session)
+            if event is None:
+                self._events[session] = event = threading.Event()
+            return event
+
+    def stop(self, session: str, keep: bool = False) -> None:
+        """Set the session's event; `keep` leaves it registered (an audit armed but still queued finds it set
+        when it starts)."""
+        with self._lock:
+            event = self._events.get(session) if keep else self._events.pop(session, None)
         if event is not None:
             event.set()
+
+    def release(self, session: str, event: threading.Event) -> None:
+        """Forget the session's event if it is still `event` (its run has ended)."""
+        with self._lock:
+            if self._events.get(session) is event:
+                del self._events[session]
 
 
 class UpdatePacer:

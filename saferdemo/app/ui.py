@@ -14,12 +14,23 @@ from pathlib import Path
 
 import gradio as gr
 
-from saferdemo.app.controller import ChatController, stop_button
+from saferdemo.app.controller import SEED_MAX, ChatController, stop_button
 from saferdemo.app.observability import health
 from saferdemo.app.session import Column
 from saferdemo.app.state import Conversation, Limits
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
+# The verdict strip's colours (render.verdict_strip), the Stop note's square (render.stopped_note: no emoji
+# font needed), and the chats' user images kept small, so a turn's own card stays in view above its answers.
+CSS = """
+.sd-strip { padding: 2px 0; }
+.sd-safe { color: #1e7b34; background: #e6f4ea; border-radius: 4px; padding: 0 4px; }
+.sd-unsafe { color: #b42318; background: #fdecea; border-radius: 4px; padding: 0 4px; }
+.sd-unknown { color: #555; background: #eee; border-radius: 4px; padding: 0 4px; }
+.sd-stop { display: inline-block; width: 0.7em; height: 0.7em; background: currentColor; margin-right: 0.4em;
+           vertical-align: baseline; border-radius: 1px; }
+#chat-base .message-row.user-row img, #chat-aligned .message-row.user-row img { max-height: 96px; width: auto; }
+"""
 
 
 def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits: Limits | None = None,
@@ -28,8 +39,8 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
     controller = ChatController(columns, judge, titles, limits)
     limits = controller.limits
 
-    def audit(dataset: str, limit: float, request: gr.Request, progress=gr.Progress()):  # noqa: B008 (injected)
-        return controller.audit(dataset, limit, progress, request)
+    def audit(dataset: str, limit: float, request: gr.Request):
+        yield from controller.audit(dataset, limit, request)
 
     if gpu_decorator is not None:  # ZeroGPU: hold a GPU only while a turn, an audit or an API call runs
         audit = gpu_decorator(audit)
@@ -49,14 +60,18 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
                 n_items = gr.Number(value=10, minimum=1, maximum=limits.audit_items, precision=0, label="items")
                 audit_btn = gr.Button("Run audit", variant="primary")
                 cancel_btn = gr.Button("Cancel audit", elem_id="cancel-audit")
-            audit_table = gr.Markdown()
+            audit_status = gr.Markdown(elem_id="audit-status")  # progress, live: this run's own count and pace
+            audit_table = gr.Markdown(elem_id="audit-table")
             with gr.Row():
                 audit_bars, audit_quadrants = gr.Plot(label="per category"), gr.Plot(label="reasoning × answer")
             audit_file = gr.File(label="full report (HTML)")
-            audit_run = audit_btn.click(audit, [dataset, n_items], [audit_table, audit_bars, audit_quadrants, audit_file],
-                                        api_name="audit", concurrency_limit=1)
-            # Ends the running audit after its current response (and drops this session's queued ones).
-            cancel_btn.click(controller.cancel_audit, None, None, cancels=[audit_run], api_name="cancel_audit")
+            # Armed at once (so Cancel reaches an audit still queued), then run one at a time, streaming progress.
+            armed = audit_btn.click(controller.arm_audit, None, audit_status, api_name=False, show_progress="hidden")
+            armed.then(audit, [dataset, n_items], [audit_status, audit_table, audit_bars, audit_quadrants, audit_file],
+                       api_name="audit", concurrency_limit=1, show_progress="minimal")
+            # Ends the audit after its current response; the audit itself then shows the partial run, headed
+            # "Cancelled" (cancelling its event instead would drop that last update).
+            cancel_btn.click(controller.cancel_audit, None, None, api_name="cancel_audit")
         chat_tab.gpu = gpu_decorator
         chat_tab.wire(controller)
         _compare_api(controller.compare if gpu_decorator is None else gpu_decorator(controller.compare),
@@ -97,7 +112,8 @@ class _ChatTab:
         echoed = checked.success(controller.submit, [self.box, conv], [self.box, pending, conv, *chats, self.stop_btn],
                                  api_name="submit")
         run = echoed.then(respond, [pending, conv, *settings], [*outputs, self.stop_btn], api_name="respond")
-        regen_checked = self.regen_btn.click(controller.check_regenerate, [conv], None, api_name=False)
+        temperature, seed = settings[0], settings[-1]
+        regen_checked = self.regen_btn.click(controller.check_regenerate, [conv, temperature, seed], None, api_name=False)
         regen = regen_checked.success(controller.regenerate, [conv], [pending, conv, *chats, self.stop_btn],
                                       api_name="regenerate")
         again = regen.then(respond, [pending, conv, *settings], [*outputs, self.stop_btn], api_name=False)
@@ -144,7 +160,8 @@ def _chat_tab(titles) -> _ChatTab:
                                show_label=False, elem_id="prompt")
     examples = _examples()
     if examples:  # right under the textbox: on the first screen, above anything empty
-        gr.Examples(examples=examples, inputs=[box], label="Examples (FigStep-style cards)", elem_id="examples")
+        gr.Examples(examples=[e for e, _ in examples], inputs=[box], label="Examples (FigStep-style cards)",
+                    example_labels=[label for _, label in examples], elem_id="examples")
     with gr.Row():
         stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False)  # enabled while a turn runs
         regen_btn = gr.Button("Regenerate", elem_id="regenerate")
@@ -160,11 +177,15 @@ def _chat_tab(titles) -> _ChatTab:
         with gr.Row():
             threshold = gr.Slider(0.0, 1.0, value=0.5, step=0.05,
                                   label="reflection threshold (GRM reward below it, or an unsafe verdict, triggers reflection)")
-            loop_base = gr.Checkbox(value=False, label="safety loop on the base model")
+            # On for both by default, so the first screen tells the whole story: the base model's own draft (its
+            # raw behaviour) stays visible, folded, with the GRM's verdict on it, above the reflection.
+            loop_base = gr.Checkbox(value=True, label="safety loop on the base model (its own draft stays shown)")
             loop_aligned = gr.Checkbox(value=True, label="safety loop on the aligned model")
+            seed = gr.Number(value=-1, minimum=-1, maximum=SEED_MAX, precision=0, elem_id="seed",
+                             label="seed (-1: none; a seed makes sampling at temperature > 0 repeatable)")
     plot = gr.Plot(label="GRM scores", elem_id="scores")
     gr.Markdown(f"GRM: `{titles.get('grm', 'none')}`")
-    settings = [temperature, top_p, max_tokens, threshold, loop_base, loop_aligned]
+    settings = [temperature, top_p, max_tokens, threshold, loop_base, loop_aligned, seed]
     return _ChatTab(conv, pending, chat_base, chat_aligned, box, stop_btn, regen_btn, clear_btn, settings, plot,
                     export_btn, exported)
 
@@ -178,7 +199,7 @@ def launch(demo: gr.Blocks, titles: dict[str, str], host: str = "127.0.0.1", por
     _calm_queue_polling(demo)
     media = getattr(demo, "saferdemo_media", None)
     demo.launch(server_name=host, server_port=port, max_file_size=f"{limits.upload_mb}mb", prevent_thread_lock=True,
-                quiet=not block, allowed_paths=[str(media)] if media else None)
+                quiet=not block, allowed_paths=[str(media)] if media else None, css=CSS)
     started = time.time()
     demo.app.add_api_route("/health", lambda: health(titles, started), methods=["GET"])
     if block:
@@ -196,8 +217,10 @@ def _calm_queue_polling(demo: gr.Blocks, seconds: float = 0.01) -> None:
         queue.sleep_when_free = seconds
 
 
-def _examples() -> list[list[dict]]:
+def _examples() -> list[tuple[list[dict], str]]:
+    """(example, caption) per card in examples.json: the caption is the card's own phrase."""
     index = EXAMPLES_DIR / "examples.json"
     if not index.is_file():
         return []
-    return [[{"text": e["prompt"], "files": [str(EXAMPLES_DIR / e["image"])]}] for e in json.loads(index.read_text())]
+    return [([{"text": e["prompt"], "files": [str(EXAMPLES_DIR / e["image"])]}], e.get("phrase") or e["prompt"])
+            for e in json.loads(index.read_text())]

@@ -16,7 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
 import threading
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -123,6 +125,60 @@ def run_audit(models: dict[str, Engine], judge: GRMClient, items: list[Item], ou
 
     write_report(summary, records, out_dir / "report.html", thumbnails(items))
     return summary
+
+
+class Progress:
+    """An audit's progress for a UI: `run` runs the audit on a thread and yields a line after every response,
+    with the time left estimated from this run's own pace (never an earlier run's). Afterwards `summary` holds
+    the audit's summary, or `error` what went wrong."""
+
+    def __init__(self, total: int):
+        self.total, self.done = total, 0
+        self.started = time.perf_counter()
+        self.summary: dict | None = None
+        self.error: str | None = None
+        self._made = 0  # responses made by this run (a resumed folder starts with some done)
+        self._first: tuple[float, int] | None = None  # (time, done) at the first report of this run
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.started
+        text = f"**Audit: {self.done}/{self.total} responses** · {_clock(elapsed)} elapsed"
+        if self._first is not None and self.done > self._first[1] and self.done < self.total:
+            since, done_then = self._first
+            pace = (time.perf_counter() - since) / (self.done - done_then)
+            text += f" · about {_clock(pace * (self.total - self.done))} left"
+        elif self.done == 0:
+            text += " · starting (loading the items, then the first response)"
+        return text
+
+    def run(self, audit):
+        """`audit(report)` runs the audit, calling `report(done, total)`; yields a progress line per report."""
+        updates: queue.Queue = queue.Queue()
+
+        def report(done: int, total: int) -> None:
+            updates.put((done, total))
+
+        def work():
+            try:
+                self.summary = audit(report)
+            except Exception as error:  # noqa: BLE001 (shown to the user, not swallowed)
+                self.error = f"{type(error).__name__}: {error}"
+            finally:
+                updates.put(None)
+
+        thread = threading.Thread(target=work, name="audit", daemon=True)
+        thread.start()
+        while (update := updates.get()) is not None:
+            self.done, self.total = update
+            if self._first is None:
+                self._first = (self.started, 0) if self.done == 1 else (time.perf_counter(), self.done)
+            yield self.line()
+        thread.join()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def thumbnails(items: list[Item], size: int = 96) -> dict[str, str]:
