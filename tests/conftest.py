@@ -8,6 +8,19 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import pytest  # noqa: E402
 
 
+def pytest_report_header(config):
+    """What this run resolved: CI installs whatever a fresh install gets today (README: Supported versions)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "gradio"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return "saferdemo resolved: " + ", ".join(found)
+
+
 @pytest.fixture(scope="session")
 def real_checkpoint(tmp_path_factory):
     """A tiny random Qwen2.5-VL that differs from the real ones only in size (tests/real_qwen.py)."""
