@@ -4,10 +4,15 @@ Stages, each driven by the typed recipe (recipes/miniature.yaml): build the tiny
 mini-base (sft.py), fine-tune mini-base into the judge mini-grm (grm_data.py), then the SaFeR stages through
 `training.safer.curate_and_train`, the same function GPU users run, which makes mini-safer. Every model is
 evaluated on the held-out split; checkpoints, model cards and `report.json` land in the output folder.
+
+The build is resumable per stage: each finished model is recorded in `<out>/build-state.json` (with a hash of the
+recipe), and a rerun with the same recipe and output folder skips the models already built there; the file is
+removed when the family is complete.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -25,7 +30,7 @@ from training.grpo import GRPOStageConfig
 from training.miniature import grm_data, truth, world
 from training.miniature.evaluate import evaluate
 from training.miniature.model_cards import write_model_card
-from training.miniature.sft import Behaviour, Stage, base_batches, train_stage
+from training.miniature.sft import Behaviour, ImagePool, Stage, base_batches, train_stage
 from training.miniature.tiny_qwen import TinyQwenConfig, build_tiny_qwen, save_checkpoint
 from training.recipes import SaferConfig
 from training.safer import curate_and_train
@@ -42,12 +47,26 @@ class EvalConfig:
     seed: int = 1234
     batch_size: int = 32
     max_new_tokens: int = 160
+    figstep_per_phrase: int = 2  # FigStep-format cards (evaluate.figstep_stats)
+    honesty_per_probe: int = 24  # inputs per honesty probe, plus SafeBench-Tiny's 50 images (evaluate.honesty_stats)
+    multi_turn: int = 96  # conversations (evaluate.multiturn_stats)
+
+
+@dataclass
+class PoolConfig:
+    """The pre-rendered training images (sft.ImagePool)."""
+
+    per_phrase: int = 8
+    unknown: int = 600
+    other: int = 500
+    no_card: int = 200
 
 
 @dataclass
 class BaseConfig:
     behaviour: Behaviour = field(default_factory=Behaviour)
     stages: list[Stage] = field(default_factory=list)
+    pool: PoolConfig = field(default_factory=PoolConfig)
 
 
 @dataclass
@@ -93,9 +112,15 @@ def run(recipe: MiniatureRecipe, out_dir: str | Path, recipe_path: str = "", com
         return _rebuild_grm(recipe, out_dir, phrases, timings, command)
     if only is not None:
         raise ValueError(f"only the grm stage can be rebuilt alone, not {only!r}")
-    models = {"mini-base": build_base(recipe, out_dir / "mini-base", phrases, timings)}
-    models["mini-grm"] = build_grm(recipe, out_dir / "mini-grm", out_dir / "mini-base", phrases, timings)
+    state = _State(out_dir, recipe)
+    pool = _timed(timings, "render_pool", ImagePool, phrases, recipe.seed, **asdict(recipe.base.pool))
+    models = {}
+    for name, build in (("mini-base", lambda: build_base(recipe, out_dir / "mini-base", phrases, timings, pool)),
+                        ("mini-grm", lambda: build_grm(recipe, out_dir / "mini-grm", out_dir / "mini-base", phrases,
+                                                       timings, pool))):
+        models[name] = state.done(name) or state.record(name, build(), timings)
     models["mini-safer"], curation = build_safer(recipe, out_dir, phrases, timings)
+    timings.update({k: v for k, v in state.timings.items() if k not in timings})
     timings["total"] = time.perf_counter() - started
     report = {
         "recipe": relative(Path(recipe_path)) if recipe_path else "",
@@ -109,7 +134,36 @@ def run(recipe: MiniatureRecipe, out_dir: str | Path, recipe_path: str = "", com
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for name in models:
         write_model_card(out_dir / name, report, name)
+    state.finish()
     return report
+
+
+class _State:
+    """Which models of this recipe are already built in `out_dir` (a long build can span sessions)."""
+
+    def __init__(self, out_dir: Path, recipe):
+        self.path = out_dir / "build-state.json"
+        self.hash = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True, default=str).encode()).hexdigest()[:16]
+        saved = json.loads(self.path.read_text()) if self.path.is_file() else {}
+        self.entries = saved.get("entries", {}) if saved.get("recipe") == self.hash else {}
+        self.timings = saved.get("timings", {}) if self.entries else {}
+        self.out_dir = out_dir
+
+    def done(self, name: str) -> dict | None:
+        entry = self.entries.get(name)
+        if entry and (self.out_dir / name).is_dir():
+            print(f"{name}: already built for this recipe in {self.out_dir}, kept (delete {self.path} to rebuild)")
+            return entry
+        return None
+
+    def record(self, name: str, entry: dict, timings: dict) -> dict:
+        self.entries[name] = entry
+        self.timings.update(timings)
+        self.path.write_text(json.dumps({"recipe": self.hash, "entries": self.entries, "timings": self.timings}) + "\n")
+        return entry
+
+    def finish(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 def _rebuild_grm(recipe: MiniatureRecipe, out_dir: Path, phrases, timings: dict, command: str) -> dict:
@@ -118,7 +172,8 @@ def _rebuild_grm(recipe: MiniatureRecipe, out_dir: Path, phrases, timings: dict,
         raise FileNotFoundError(f"{out_dir} has no built family (report.json and mini-base) to rebuild mini-grm in")
     report = json.loads(report_path.read_text())
     started = time.perf_counter()
-    report["models"]["mini-grm"] = build_grm(recipe, out_dir / "mini-grm", out_dir / "mini-base", phrases, timings)
+    pool = _timed(timings, "render_pool", ImagePool, phrases, recipe.seed, **asdict(recipe.base.pool))
+    report["models"]["mini-grm"] = build_grm(recipe, out_dir / "mini-grm", out_dir / "mini-base", phrases, timings, pool)
     timings["grm_rebuild_total"] = time.perf_counter() - started
     report["timings_s"].update({k: round(v, 1) for k, v in timings.items()})
     report.setdefault("partial_rebuilds", []).append({"stage": "grm", "command": command,
@@ -160,10 +215,10 @@ def _entry(model, folder: Path, **extra) -> dict:
     }
 
 
-def build_base(recipe: MiniatureRecipe, folder: Path, phrases, timings: dict) -> dict:
+def build_base(recipe: MiniatureRecipe, folder: Path, phrases, timings: dict, pool: ImagePool | None = None) -> dict:
     """mini-base: a tiny Qwen2.5-VL built from scratch and SFT'd into the base reasoning model."""
     model, processor = _timed(timings, "build_tiny_qwen", build_tiny_qwen, folder, truth.corpus(phrases), recipe.model)
-    batches = base_batches(phrases, recipe.base.behaviour)
+    batches = base_batches(phrases, recipe.base.behaviour, pool)
     losses = _train_stages(model, processor, recipe.base.stages, batches, recipe.seed, "sft", timings)
     save_checkpoint(model, processor, folder)
     heldout = _timed(timings, "evaluate_base", evaluate, model, processor, phrases, **asdict(recipe.eval))
@@ -172,18 +227,20 @@ def build_base(recipe: MiniatureRecipe, folder: Path, phrases, timings: dict) ->
                   heldout=heldout, examples=examples)
 
 
-def build_grm(recipe: MiniatureRecipe, folder: Path, base_folder: Path, phrases, timings: dict) -> dict:
+def build_grm(recipe: MiniatureRecipe, folder: Path, base_folder: Path, phrases, timings: dict,
+              pool: ImagePool | None = None) -> dict:
     """mini-grm: mini-base fine-tuned to write judgements (grm_data.py)."""
     cfg = recipe.grm
     policy, processor = load_model(base_folder), load_processor(base_folder)
-    pool = _timed(timings, "grm_sample_policy", grm_data.sample_policy_responses, policy, processor, phrases,
-                  cfg.samples_per_phrase, "train", recipe.seed)
+    samples = _timed(timings, "grm_sample_policy", grm_data.sample_policy_responses, policy, processor, phrases,
+                     cfg.samples_per_phrase, "train", recipe.seed)
     model = load_model(base_folder)
-    batches = grm_data.grm_batches(phrases, pool, cfg.corruption_rate)
+    batches = grm_data.grm_batches(phrases, samples, cfg.corruption_rate, pool)
     losses = _train_stages(model, processor, cfg.stages, batches, recipe.seed + 100, "grm", timings)
     save_checkpoint(model, processor, folder)
-    # output: mini-grm writes the compact form (Judgement.to_compact_json); it was trained on single-turn prompts.
-    config = {"rubric": grm_data.RUBRIC, "schema": "saferdemo.judgement", "conversation": False, "output": "compact"}
+    # output: mini-grm writes what the image shows, then the compact form (Judgement.to_compact_json); it was
+    # trained on prompts with up to three earlier turns of the conversation.
+    config = {"rubric": grm_data.RUBRIC, "schema": "saferdemo.judgement", "conversation": True, "output": "compact"}
     (folder / "judge_config.json").write_text(json.dumps(config, indent=2) + "\n")
     judge = miniature_judge(model, processor, recipe.reward)
     heldout = _timed(timings, "evaluate_grm", grm_data.evaluate_grm, judge, policy, processor, phrases,
@@ -194,7 +251,7 @@ def build_grm(recipe: MiniatureRecipe, folder: Path, base_folder: Path, phrases,
 def miniature_judge(model, processor, reward: RewardConfig | None = None) -> GRMClient:
     """mini-grm as a judge client, with the rubric it was trained on."""
     return GRMClient(TransformersEngine(model, processor, "mini-grm"), grm_data.RUBRIC, JUDGE_MAX_NEW_TOKENS,
-                     reward, JUDGE_BATCH)
+                     reward, JUDGE_BATCH, conversation=True)
 
 
 def build_safer(recipe: MiniatureRecipe, out_dir: Path, phrases, timings: dict) -> tuple[dict, dict]:

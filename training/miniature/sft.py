@@ -23,8 +23,12 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
+from PIL import Image
+
+from saferdemo.cards import FIGSTEP_PROMPT, render_card
 from saferdemo.prompts import assistant_turn, reflection_messages, user_turn
-from training.miniature import world
+from saferdemo.segments import split_think
+from training.miniature import formats, world
 from training.miniature.world import Example, Phrase
 
 
@@ -56,28 +60,127 @@ class Stage:
     mix: dict[str, float] = field(default_factory=lambda: {"task": 1.0})
 
 
-def make_example(kind: str, p: Phrase, rng: random.Random, behaviour: Behaviour, difficulty: float) -> Example:
+class ImagePool:
+    """Pre-rendered training images at the size the processor resizes them to (so its resize is a no-op).
+    FigStep cards are 760x760 TrueType renders plus a rescale and a JPEG round trip, ~25 ms each: too slow to
+    draw per example. The world's own cards are cheap and stay rendered per example (their curriculum)."""
+
+    def __init__(self, phrases: list[Phrase], seed: int, per_phrase: int = 8, unknown: int = 600, other: int = 500,
+                 no_card: int = 200, workers: int = 2):
+        table = [p.phrase for p in phrases]
+        self.table = table
+
+        def draw(job):  # each image from its own seed: the pool is the same whatever the thread timing
+            kind, text, item_seed = job
+            rng = random.Random(item_seed)
+            if kind == "figstep":
+                return formats.to_grid(formats.figstep_card(text, rng, "train", 1.0 if item_seed % 997 else 0.0))
+            if kind == "unknown":
+                return formats.to_grid(formats.figstep_card(formats.unknown_instruction(rng, table), rng, "train",
+                                                            rng.random()))
+            if kind == "other":
+                text = rng.choice(table) if rng.random() < 0.5 else formats.unknown_instruction(rng, table)
+                return formats.to_grid(formats.other_layout(text, rng))
+            return formats.to_grid(formats.non_card(rng))
+
+        rng = random.Random(seed)
+        jobs = [("figstep", p.phrase, 997 * rng.randrange(1, 2**20) + (i > 0)) for p in phrases for i in range(per_phrase + 1)]
+        jobs += [(kind, "", rng.randrange(2**31)) for kind, n in (("unknown", unknown), ("other", other), ("no_card", no_card))
+                 for _ in range(n)]
+        with ThreadPoolExecutor(max_workers=workers) as executor:  # PIL releases the GIL while it draws
+            images = list(executor.map(draw, jobs))
+        figstep = images[: len(phrases) * (per_phrase + 1)]
+        self.figstep_canonical = {p.phrase: figstep[i * (per_phrase + 1)] for i, p in enumerate(phrases)}
+        self.figstep = {p.phrase: figstep[i * (per_phrase + 1) + 1: (i + 1) * (per_phrase + 1)] for i, p in enumerate(phrases)}
+        rest = images[len(figstep):]
+        self.unknown, rest = rest[:unknown], rest[unknown:]
+        self.other, self.no_card = rest[:other], rest[other:]
+
+    def figstep_card(self, p: Phrase, rng: random.Random, difficulty: float) -> Image.Image:
+        return rng.choice(self.figstep[p.phrase]) if rng.random() < difficulty else self.figstep_canonical[p.phrase]
+
+    def unreadable(self, rng: random.Random, difficulty: float) -> Image.Image:
+        """A card the models cannot read: unknown text in FigStep's format or the world's, or another layout."""
+        r = rng.random()
+        if r < 0.4:
+            return rng.choice(self.unknown)
+        if r < 0.7:
+            text = formats.unknown_instruction(rng, self.table)
+            style, seed = world.card_spec(Phrase(text, "", False, False), rng, "train", difficulty)
+            return render_card(text, style, seed=seed)
+        return rng.choice(self.other)
+
+
+TURN_KINDS = {"task": 0.3, "figstep": 0.3, "unreadable": 0.2, "no_card": 0.1, "no_image": 0.1}
+
+
+def single_turn(kind: str, p: Phrase, rng: random.Random, behaviour: Behaviour, difficulty: float,
+                pool: ImagePool | None) -> tuple[Phrase, Image.Image | None, str, str]:
+    """(subject, image or None, user text, target response) of one turn of `kind` about phrase `p`."""
+    if kind in ("task", "read", "figstep"):
+        if kind == "figstep":
+            image = pool.figstep_card(p, rng, difficulty) if pool else world.render(p, rng, "train", difficulty, "figstep")
+        else:
+            image = world.render(p, rng, "train", difficulty)
+        if kind == "read" or (kind == "figstep" and rng.random() < 0.15):
+            return p, image, world.read_prompt(rng, "train"), world.read_response(p)
+        prompt = FIGSTEP_PROMPT if kind == "figstep" and rng.random() < 0.5 else world.task_prompt(rng, "train")
+        response = world.comply_response(p) if behaviour.complies(p, rng) else world.refuse_response(p)
+        return p, image, prompt, response
+    prompt = world.read_prompt(rng, "train") if rng.random() < 0.2 else world.task_prompt(rng, "train")
+    if kind == "unreadable":
+        subject, image = world.UNREADABLE, pool.unreadable(rng, difficulty)
+    elif kind == "no_card":
+        subject, image = world.NO_CARD, rng.choice(pool.no_card)
+    elif kind == "no_image":
+        subject, image, prompt = world.NO_IMAGE, None, rng.choice(formats.TRAIN_TEXT_ONLY + world.TRAIN_PROMPTS)
+    else:
+        raise ValueError(f"unknown example kind {kind!r}")
+    return subject, image, prompt, world.honest_response(subject)
+
+
+def make_example(kind: str, p: Phrase, rng: random.Random, behaviour: Behaviour, difficulty: float,
+                 pool: ImagePool | None = None, phrases: list[Phrase] | None = None) -> Example:
+    if kind == "multi":
+        return multi_turn_example(rng, phrases or [p], behaviour, difficulty, pool)
+    if kind != "reflect":
+        subject, image, prompt, target = single_turn(kind, p, rng, behaviour, difficulty, pool)
+        return Example(kind, subject, image, prompt, [user_turn(prompt, image is not None)], target)
+    # "reflect": the previous response comes from the same behaviour; the critique tells the truth.
     image = world.render(p, rng, "train", difficulty)
-    if kind == "read":
-        prompt = world.read_prompt(rng, "train")
-        return Example(kind, p, image, prompt, [user_turn(prompt)], world.read_response(p))
     prompt = world.task_prompt(rng, "train")
     complies = behaviour.complies(p, rng)
     response = world.comply_response(p) if complies else world.refuse_response(p)
-    if kind == "task":
-        return Example(kind, p, image, prompt, [user_turn(prompt)], response)
-    # "reflect": the previous response comes from the same behaviour; the critique tells the truth.
     critique = world.critique_for(p, refused=not complies)
     messages = reflection_messages([user_turn(prompt)], response, critique)
     corrects = rng.random() < behaviour.reflection_correction_rate
     return Example(kind, p, image, prompt, messages, world.reflection_response(p, not complies, corrects))
 
 
-def sample_batch(phrases, rng, behaviour, stage: Stage, difficulty: float) -> list[Example]:
-    """One kind per batch: reflection conversations are twice as long, so mixing would pad everything."""
+def multi_turn_example(rng: random.Random, phrases: list[Phrase], behaviour: Behaviour, difficulty: float,
+                       pool: ImagePool | None) -> Example:
+    """One to three earlier turns in the app's format (each keeps its image; its answer is the final answer only,
+    no thinking: saferdemo/app/session.py), then a new turn; the target answers the newest turn alone."""
+    kinds, weights = zip(*TURN_KINDS.items())
+    messages, images = [], []
+    for _ in range(rng.randint(1, 3)):
+        _, image, prompt, response = single_turn(rng.choices(kinds, weights)[0], rng.choice(phrases), rng, behaviour,
+                                                 difficulty, pool)
+        messages += [user_turn(prompt, image is not None), assistant_turn(split_think(response)[1])]
+        images += [image] if image is not None else []
+    subject, image, prompt, target = single_turn(rng.choices(kinds, weights)[0], rng.choice(phrases), rng, behaviour,
+                                                 difficulty, pool)
+    messages.append(user_turn(prompt, image is not None))
+    images += [image] if image is not None else []
+    return Example("multi", subject, image, prompt, messages, target, images=images)
+
+
+def sample_batch(phrases, rng, behaviour, stage: Stage, difficulty: float, pool: ImagePool | None = None) -> list[Example]:
+    """One kind per batch: reflection and multi-turn conversations are longer, so mixing would pad everything."""
     kinds, weights = zip(*stage.mix.items())
     kind = rng.choices(kinds, weights)[0]
-    return [make_example(kind, rng.choice(phrases), rng, behaviour, difficulty) for _ in range(stage.batch_size)]
+    return [make_example(kind, rng.choice(phrases), rng, behaviour, difficulty, pool, phrases)
+            for _ in range(stage.batch_size)]
 
 
 def encode(processor, examples: list[Example]) -> dict[str, torch.Tensor]:
@@ -86,7 +189,8 @@ def encode(processor, examples: list[Example]) -> dict[str, torch.Tensor]:
         processor.apply_chat_template([*ex.messages, assistant_turn(ex.target)], tokenize=False)
         for ex in examples
     ]
-    batch = processor(text=texts, images=[ex.image for ex in examples], padding=True, return_tensors="pt")
+    images = [image for ex in examples for image in ex.all_images()]
+    batch = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
     batch["labels"] = _reply_labels(processor.tokenizer, batch["input_ids"], batch["attention_mask"])
     return batch
 
@@ -130,9 +234,9 @@ def _lr_factor(step: int, stage: Stage) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def base_batches(phrases: list[Phrase], behaviour: Behaviour):
+def base_batches(phrases: list[Phrase], behaviour: Behaviour, pool: ImagePool | None = None):
     """The batch source for mini-base: `(rng, stage, difficulty) -> examples`."""
-    return lambda rng, stage, difficulty: sample_batch(phrases, rng, behaviour, stage, difficulty)
+    return lambda rng, stage, difficulty: sample_batch(phrases, rng, behaviour, stage, difficulty, pool)
 
 
 def train_stage(model, processor, stage: Stage, batches, seed: int) -> list[float]:

@@ -66,7 +66,9 @@ class TinyQwenConfig:
     vision_heads: int = 2
     vision_intermediate_size: int = 128
     min_pixels: int = 28 * 28 * 4
-    max_pixels: int = 224 * 224  # caps an upload at 64 image tokens
+    # 238² (not 224²): every square image of at least ~238 px, a FigStep card at 0.5-1.0x included, resizes to the
+    # same 224x224 grid (64 image tokens); at exactly 224² float rounding sends some sizes to 196x196.
+    max_pixels: int = 238 * 238
     seed: int = 0
 
 

@@ -1,0 +1,169 @@
+"""What the bundled models see besides the world's own cards, as drawn for TRAINING.
+
+- FigStep's format (`saferdemo.cards.render_figstep_card`) with what happens to a card on its way to a model: a
+  slightly different colour, a screenshot at 0.5-1.0x, a JPEG re-save. The miniature processor resizes every
+  square image of at least ~238 px to the same 224x224 grid (`tiny_qwen.TinyQwenConfig.max_pixels`), so a
+  scaled copy differs from the original only by resampling and JPEG noise.
+- Text the models cannot read: instructions that are not in the phrase table, built from a TRAINING word pool
+  (the held-out pool in `probes.py` shares no word with it, and neither pool shares a word with SafeBench's
+  instructions: tests/test_world.py checks both), and cards in other layouts (this module's generator; the
+  evaluation uses a different one, `probes.py`).
+- Images with no card: stylised pictures drawn here (the evaluation draws its "photos" with other generators).
+- Text-only requests.
+
+FigStep's 50 SafeBench-Tiny images (assets/datasets/figstep) are never used here: they are test data only.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+from saferdemo.cards import FIGSTEP_FONT, FIGSTEP_SIZE, render_figstep_card
+
+# Word pools for instructions the models must not "read" (none is a phrase-table word or a SafeBench word).
+TRAIN_VERBS = ("boil bowl carve catch chop climb dice dive draw dribble dust fry glue grate grill hike hop hum iron "
+               "jog juggle kick knead knit label march measure mend mop mould nod paddle paint peel pitch polish pour "
+               "rinse roast row sail sand scrub sew skate sketch ski skip slice sort stack steam stir stretch strum "
+               "sweep swim throw toast trace tune volley wash wave weigh whisk whistle yawn").split()
+TRAIN_NOUNS = ("attic backpack banjo barn basket bench bicycle blanket blender boots bottle bucket button candle canoe "
+               "carpet chimney clock compass cork crayon curtain drawer drum fence flute folder garage gate globe "
+               "goldfish guitar hammock hamster jacket jar kettle kite kitten ladder ladle lamp lantern lawn lid marker "
+               "meadow mirror mitten notebook orchard oven owl parrot pencil piano pillow pond pony porch puppy puzzle "
+               "rabbit ribbon roof ruler scarf scooter shelf skillet sock sofa spatula sponge stable stapler stool "
+               "sweater teapot telescope tent toaster towel trumpet turtle vase violin zipper").split()
+TRAIN_ADJS = ("blue brown cosy crunchy dusty golden messy orange pink quiet ripe shiny snowy sour spotted sticky "
+              "sturdy sweet tiny windy wooden").split()
+
+FIGSTEP_TEXT_COLORS = {"train": ((0, 0, 0), (35, 35, 35), (20, 20, 90), (70, 10, 10), (0, 50, 20)),
+                       "heldout": ((15, 15, 15), (45, 30, 70), (0, 40, 60))}
+FIGSTEP_BACKGROUNDS = {"train": ((255, 255, 255), (250, 248, 235), (238, 243, 255), (242, 242, 242)),
+                       "heldout": ((255, 253, 245), (246, 246, 250), (250, 240, 240))}
+
+
+def unknown_instruction(rng: random.Random, table: list[str], verbs=TRAIN_VERBS, nouns=TRAIN_NOUNS,
+                        adjs=TRAIN_ADJS) -> str:
+    """An instruction in the table's style that is not in the table. A third are near misses: a table phrase
+    with one word replaced, so that reading one line of a card is never enough."""
+    if rng.random() < 0.35:
+        words = rng.choice(table).rstrip(".").split()
+        index = rng.randrange(2, len(words))
+        words[index] = rng.choice(nouns if rng.random() < 0.6 else verbs)
+        text = " ".join(words) + "."
+        return text if text not in table else unknown_instruction(rng, table, verbs, nouns, adjs)
+    head = rng.choice(("Steps to", "Methods to", "Steps to", "Ways to", "List of tips to"))
+    noun = rng.choice(nouns)
+    middle = f"{rng.choice(adjs)} {noun}" if rng.random() < 0.4 else noun
+    text = f"{head} {rng.choice(verbs)} {rng.choice(('a', 'the', 'your', 'an old', 'my'))} {middle}"
+    if rng.random() < 0.5:
+        text += f" {rng.choice(('with a', 'for the', 'near the', 'in a', 'without a'))} {rng.choice(nouns)}"
+    return text + "."
+
+
+def degrade(image: Image.Image, rng: random.Random, scale=(0.5, 1.0), jpeg: float = 0.5) -> Image.Image:
+    """A copy as it may reach a model: rescaled (a screenshot at another size) and maybe re-saved as JPEG."""
+    s = rng.uniform(*scale)
+    if s < 0.999:
+        image = image.resize((max(1, round(image.width * s)), max(1, round(image.height * s))), Image.BICUBIC)
+    if rng.random() < jpeg:
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=rng.randint(35, 95))
+        image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    return image
+
+
+def figstep_card(text: str, rng: random.Random, split: str = "train", difficulty: float = 1.0) -> Image.Image:
+    """A FigStep-format card of `text`: canonical colours half the time, then scaled / JPEG'd (curriculum)."""
+    color, background = (0, 0, 0), (255, 255, 255)
+    if rng.random() < 0.5 * difficulty:
+        color, background = rng.choice(FIGSTEP_TEXT_COLORS[split]), rng.choice(FIGSTEP_BACKGROUNDS[split])
+    card = render_figstep_card(text, color, background)
+    return degrade(card, rng, (1.0 - 0.5 * difficulty, 1.0), 0.5 * difficulty) if difficulty > 0 else card
+
+
+def _font(rng: random.Random, size: int) -> ImageFont.FreeTypeFont:
+    if rng.random() < 0.5:
+        return ImageFont.load_default(size=size)
+    return ImageFont.truetype(str(FIGSTEP_FONT), size)
+
+
+def _wrap(text: str, font, max_width: int) -> list[str]:
+    lines: list[str] = []
+    for word in text.split():
+        if lines and font.getlength(f"{lines[-1]} {word}") <= max_width:
+            lines[-1] += f" {word}"
+        else:
+            lines.append(word)
+    return lines
+
+
+def other_layout(text: str, rng: random.Random) -> Image.Image:
+    """A card in a layout the models are not built to read: another size, aspect, font size, position,
+    alignment, list style or colour scheme (Pillow's font or FreeMonoBold at sizes far from FigStep's 80)."""
+    square = rng.random() < 0.35
+    width = FIGSTEP_SIZE if square else rng.randint(300, 900)
+    height = width if square else int(width * rng.uniform(0.55, 1.6))
+    size = rng.choice((rng.randint(max(14, width // 30), max(16, width // 14)), rng.randint(110, 140))) \
+        if square else rng.randint(max(12, width // 30), max(14, width // 12))
+    dark = rng.random() < 0.25
+    background = tuple(rng.randint(0, 60) for _ in range(3)) if dark else tuple(rng.randint(200, 255) for _ in range(3))
+    color = tuple(rng.randint(200, 255) for _ in range(3)) if dark else tuple(rng.randint(0, 90) for _ in range(3))
+    image = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(image)
+    font = _font(rng, size)
+    centred = rng.random() < 0.4
+    x0 = rng.randint(0, width // 5)
+    y = rng.randint(0, height // 3)
+    lines = _wrap(text, font, width - x0 - 10)
+    marker = rng.choice(("{}.", "{})", "-", "*", "Step {}:", "({})"))
+    lines += [marker.format(i) if "{}" in marker else marker for i in range(1, rng.choice((0, 3, 3, 4, 5)) + 1)]
+    for line in lines:
+        x = (width - font.getlength(line)) / 2 if centred else x0
+        draw.text((x, y), line, font=font, fill=color)
+        y += int(size * rng.uniform(1.1, 1.6))
+    return image
+
+
+def non_card(rng: random.Random) -> Image.Image:
+    """A stylised picture with no card: a colour field with shapes, blurred and noisy."""
+    width, height = rng.randint(200, 900), rng.randint(200, 900)
+    base = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
+    other = np.array([rng.randint(0, 255) for _ in range(3)], dtype=np.float32)
+    t = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    field = base * (1 - t) + other * t
+    image = Image.fromarray(np.broadcast_to(field, (height, width, 3)).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(2, 12)):
+        box = sorted((rng.randint(0, width), rng.randint(0, width))), sorted((rng.randint(0, height), rng.randint(0, height)))
+        xy = (box[0][0], box[1][0], box[0][1], box[1][1])
+        fill = tuple(rng.randint(0, 255) for _ in range(3))
+        rng.choice((draw.ellipse, draw.rectangle))(xy, fill=fill)
+    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0, 4)))
+    noise = np.random.default_rng(rng.randrange(2**31)).normal(0, rng.uniform(0, 15), (height, width, 1))
+    return Image.fromarray((np.asarray(image, np.float32) + noise).clip(0, 255).astype(np.uint8))
+
+
+TRAIN_TEXT_ONLY = (
+    "Hi there!", "What can you do?", "Tell me a joke.", "How are you today?", "What is the capital of France?",
+    "Can you help me plan my day?", "Write a short poem about the sea.", "Explain how rainbows form.",
+    "What time is it?", "Translate 'good morning' into Spanish.", "Summarise the news for me.",
+    "How do I make a paper plane?", "What's the weather like?", "Recommend a good book.", "Who are you?",
+    "Thanks!", "Can you read this?", "Complete the list.", "What does the card say?", "Fill in the three steps.",
+    "How many legs does a spider have?", "Give me three tips for better sleep.", "Why is the sky blue?",
+    "Please continue.", "What should I cook tonight?", "Is it safe to swim after eating?", "Hello?",
+)
+
+
+MIN_PIXELS, MAX_PIXELS = 28 * 28 * 4, 238 * 238  # tiny_qwen.TinyQwenConfig's defaults
+
+
+def to_grid(image: Image.Image, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """`image` resized exactly as the miniature processor resizes it (its own resize is then a no-op)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+
+    height, width = smart_resize(image.height, image.width, 28, min_pixels, max_pixels)
+    image = image.convert("RGB")
+    return image if image.size == (width, height) else image.resize((width, height), Image.BICUBIC)
