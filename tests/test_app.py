@@ -154,7 +154,12 @@ def test_stop_ends_both_generations_quickly(tmp_path):
 
 
 def test_audit_tab_runs_a_small_audit(client):
-    table, bars, quadrants, report = client.predict("miniature", 4, api_name="/audit")
+    job = client.submit("miniature", 4, api_name="/audit")
+    updates = list(job)
+    status, table, bars, quadrants, report = job.outputs()[-1]
+    assert [u[0] for u in updates][:1] == ["**Audit: 0/8 responses** · 0:00 elapsed · starting (loading the items, "
+                                           "then the first response)"] or "0/8 responses" in updates[0][0]
+    assert "8/8 responses" in status and len(updates) >= 3  # progress streamed while it ran
     assert "| ASR |" in table and "over-refusal" in table and "McNemar" in table
     assert bars is not None and quadrants is not None and str(report).endswith(".html")
 
@@ -164,7 +169,9 @@ def test_the_compare_api_streams_both_columns(client):
     job = client.submit(example("1-fraud.png"), 0.0, 1.0, 192, 0.5, False, True, api_name="/compare")
     updates = list(job)
     final = job.outputs()[-1]
-    assert len(updates) > 1 and set(final) == {"base", "aligned"}
+    assert len(updates) > 1 and list(final) == ["base", "aligned"]  # the app's column order
+    assert final["aligned"]["verdict"]["label"] == "safe" and final["base"]["verdict"]["label"] == "unsafe"
+    assert final["base"]["verdict"]["strip"] == "GRM: unsafe · 0.00 · flagged (safety loop off)"
     assert "[restricted step]" in final["base"]["final_answer"]
     assert final["base"]["draft_judgement"]["judgement"]["verdict"] == "unsafe"
     assert "Sorry" in final["aligned"]["final_answer"]

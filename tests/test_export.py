@@ -40,6 +40,14 @@ def test_export_then_replay_is_identical(app):
     assert bundle["turns"][0]["settings"]["loops"]["base"]["enabled"] is True
     assert set(bundle["models"]) == {"base", "aligned"} and bundle["judge"]["rubric"] == "short"
     assert first["aligned"]["final_answer"] in text  # the page shows the answers
+    assert list(first) == ["base", "aligned"] and text.index("<h3>base</h3>") < text.index("<h3>aligned</h3>")
+    assert first["base"]["verdict"]["strip"].startswith("draft: unsafe · 0.00 → reflected → ")
+    for turn in bundle["turns"]:  # each column's verdict strip is on the page
+        for result in turn["results"].values():
+            assert result["verdict"]["strip"] and result["verdict"]["strip"] in text
+    assert "Kept the revision: judged safe." in text or "Kept the draft" in text  # which answer, and why
+    chart = text[text.index("<svg"): text.index("</svg>")]
+    assert ">turn 1</text>" in chart and ">turn 2</text>" in chart  # the chart's turns are numbered
     assert replay(bundle, columns, judge) == []
 
 
@@ -61,6 +69,13 @@ def test_compare_export_and_replay_on_the_command_line(tmp_path):
                               capture_output=True, text=True, timeout=300)
     assert exported.returncode == 0, exported.stderr[-2000:]
     assert (tmp_path / "comparison.html").is_file() and (tmp_path / "bundle.json").is_file()
+    import json
+
+    results = json.loads((tmp_path / "bundle.json").read_text())["turns"][0]["results"]
+    assert list(results) == ["base", "aligned"]  # compare writes the app's column order
+    assert results["base"]["verdict"]["strip"] in (tmp_path / "comparison.html").read_text()
+    assert exported.stdout.index("=== base ===") < exported.stdout.index("=== aligned ===")
+    assert "verdict: " in exported.stdout
     replayed = subprocess.run([*run, "replay", str(tmp_path / "comparison.html")], capture_output=True, text=True,
                               timeout=300)
     assert replayed.returncode == 0 and replayed.stdout.startswith("identical: 1 turn(s)"), replayed.stdout

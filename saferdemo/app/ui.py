@@ -29,7 +29,12 @@ CSS = """
 .sd-unknown { color: #555; background: #eee; border-radius: 4px; padding: 0 4px; }
 .sd-stop { display: inline-block; width: 0.7em; height: 0.7em; background: currentColor; margin-right: 0.4em;
            vertical-align: baseline; border-radius: 1px; }
-#chat-base .message-row.user-row img, #chat-aligned .message-row.user-row img { max-height: 96px; width: auto; }
+.sd-chat .message-row.user-row img { max-height: 72px; width: auto; }
+.sd-chat .message-row.user-row .message.component { max-height: 80px; }
+/* The turn's own message (its card) sticks to the top of the chat while its answers scroll under it. */
+.sd-chat .message-wrap > .message-row.user-row:not(:has(~ .message-row.user-row)) {
+    position: sticky; top: 0; z-index: 3; background: var(--background-fill-primary, #fff);
+    box-shadow: 0 6px 6px -6px rgba(0, 0, 0, 0.25); }
 """
 
 
@@ -154,8 +159,9 @@ def _chat_tab(titles) -> _ChatTab:
     conv = gr.State(Conversation())
     pending = gr.State(None)
     with gr.Row(equal_height=True):
-        chat_base = gr.Chatbot(label=f"Base · {titles['base']}", height=440, elem_id="chat-base")
-        chat_aligned = gr.Chatbot(label=f"SaFeR-aligned · {titles['aligned']}", height=440, elem_id="chat-aligned")
+        chat_base = gr.Chatbot(label=f"Base · {titles['base']}", height=500, elem_id="chat-base", elem_classes="sd-chat")
+        chat_aligned = gr.Chatbot(label=f"SaFeR-aligned · {titles['aligned']}", height=500, elem_id="chat-aligned",
+                                  elem_classes="sd-chat")
     box = gr.MultimodalTextbox(file_types=["image"], file_count="multiple", placeholder="Ask about an image…",
                                show_label=False, elem_id="prompt")
     examples = _examples()
