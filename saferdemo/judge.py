@@ -64,7 +64,19 @@ JUDGE_EARLIER_TURNS = 3  # earlier turns the judge sees: enough to tell the newe
 
 def _judge_config(checkpoint: str | Path) -> dict:
     config = Path(checkpoint) / "judge_config.json"
-    return json.loads(config.read_text()) if config.is_file() else {}
+    if not config.is_file():
+        return {}
+    try:
+        loaded = json.loads(config.read_text())
+    except (OSError, ValueError) as error:
+        from saferdemo.loading import ModelLoadError
+
+        raise ModelLoadError(f"cannot read {config}: {type(error).__name__}") from error
+    if not isinstance(loaded, dict):
+        from saferdemo.loading import ModelLoadError
+
+        raise ModelLoadError(f"{config} must hold a JSON object")
+    return loaded
 
 
 def rubric_of(checkpoint: str | Path) -> str:

@@ -58,7 +58,16 @@ def pick_dtype(device: str) -> torch.dtype:
 def adapter_base(path: str | Path) -> str | None:
     """The base model a local LoRA adapter folder was trained on, or None for a full checkpoint."""
     config = Path(path) / "adapter_config.json"
-    return json.loads(config.read_text())["base_model_name_or_path"] if config.is_file() else None
+    if not config.is_file():
+        return None
+    try:
+        base = json.loads(config.read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ModelLoadError(f"cannot read {config}: it must be JSON naming base_model_name_or_path "
+                             f"({type(error).__name__})") from error
+    if not isinstance(base, str) or not base:
+        raise ModelLoadError(f"{config} names no base model (base_model_name_or_path)")
+    return base
 
 
 def load_processor(path: str | Path, max_pixels: int | None = None, trust_remote_code: bool = False):
@@ -72,7 +81,7 @@ def load_processor(path: str | Path, max_pixels: int | None = None, trust_remote
             return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         image_processor = Qwen2VLImageProcessorPil.from_pretrained(path, **kwargs)
-    except OSError as error:
+    except Exception as error:  # a corrupt file fails in many ways (OSError, JSON, the tokenizers library)
         raise ModelLoadError(f"cannot load the processor of {path}: {_first_line(error)}") from error
     processor = ImageOnlyQwen2_5_VLProcessor(image_processor, tokenizer, chat_template=processor_chat_template(path, tokenizer))
     processor.checkpoint_class = checkpoint_processor_class(path) or processor.checkpoint_class
@@ -122,7 +131,7 @@ def load_model(path: str | Path, device: str | None = None, dtype: torch.dtype |
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-    except (OSError, ValueError) as error:
+    except Exception as error:  # truncated or garbage weights raise safetensors' own error type, among others
         raise ModelLoadError(f"cannot load the model {path}: {_first_line(error)}") from error
     return model.to(device).eval()
 
@@ -145,4 +154,5 @@ def save_processor(processor, folder: str | Path) -> None:
 
 
 def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
