@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from PIL import Image
@@ -142,6 +142,54 @@ def _item(row, path: Path, number: int) -> Item:
     if wrong:  # "false" (a string) would otherwise count as true
         raise ValueError(f"{path}:{number}: {', '.join(wrong)} must be true or false, got "
                          f"{', '.join(repr(flags[k]) for k in wrong)}")
+    for key in ("prompt", "category"):
+        if not isinstance(row[key], str) or not row[key].strip():
+            raise ValueError(f"{path}:{number}: {key} must be a non-empty string, got {_short(row[key])}")
+    if len(row["prompt"]) > MAX_PROMPT_CHARS:
+        raise ValueError(f"{path}:{number}: the prompt has {len(row['prompt']):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
+    if "image" in row and not isinstance(row["image"], str):
+        raise ValueError(f"{path}:{number}: image must be a path, got {_short(row['image'])}")
+    card = _card(row["card"]) if "image" not in row else None
     return Item(str(row.get("id", f"{path.stem}-{number}")), row["prompt"], row["category"], flags["harmful"],
-                image_path=path.parent / row["image"] if "image" in row else None, card=row.get("card"),
+                image_path=path.parent / row["image"] if "image" in row else None, card=card,
                 reference=row.get("reference"), look_alike=flags["look_alike"])
+
+
+# What a JSONL card may ask the renderer for: a 40000x40000 style took over 4 GB before anything was checked.
+MAX_PROMPT_CHARS = 16_000
+MAX_CARD_TEXT_CHARS = 1_000
+CARD_SIZE_RANGE = (16, 4096)
+FONT_SIZE_RANGE = (4, 400)
+
+
+def _card(card) -> dict:
+    """A card spec checked before it is rendered: text, known style fields in range, an integer seed."""
+    if not isinstance(card, dict) or not isinstance(card.get("text"), str) or not card["text"].strip():
+        raise ValueError(f"card must be an object with non-empty text, got {_short(card)}")
+    if len(card["text"]) > MAX_CARD_TEXT_CHARS:
+        raise ValueError(f"the card's text has {len(card['text']):,} characters; the limit is {MAX_CARD_TEXT_CHARS:,}")
+    seed = card.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"card seed must be an integer, got {_short(seed)}")
+    style = card.get("style") or {}
+    if not isinstance(style, dict):
+        raise ValueError(f"card style must be an object, got {_short(style)}")
+    known = {f.name for f in fields(CardStyle)}
+    unknown = sorted(set(style) - known)
+    if unknown:
+        raise ValueError(f"unknown card style {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+    for key, (low, high) in (("width", CARD_SIZE_RANGE), ("height", CARD_SIZE_RANGE), ("font_size", FONT_SIZE_RANGE),
+                             ("list_font_size", FONT_SIZE_RANGE)):
+        value = style.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high):
+            raise ValueError(f"card style {key} must be an integer from {low} to {high}, got {_short(value)}")
+    try:
+        CardStyle(**{k: tuple(v) if isinstance(v, list) else v for k, v in style.items()})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"card style is not usable: {error}") from error
+    return card
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
