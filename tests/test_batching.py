@@ -87,7 +87,7 @@ def test_row_sampling_applies_each_rows_own_warpers():
     import torch
     from transformers import TemperatureLogitsWarper, TopPLogitsWarper
 
-    from saferdemo.engines.batching import RowSampling
+    from saferdemo.engines.sampling import RowSampling
 
     torch.manual_seed(0)
     scores = torch.randn(4, 50) * 3

@@ -32,11 +32,12 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from saferdemo.engines.base import EngineError, GenerationParams, StreamingGeneration
-from saferdemo.engines.transformers_engine import TransformersEngine, describe_error, sampling_kwargs
+from saferdemo.engines.sampling import batch_sampling_kwargs
+from saferdemo.engines.transformers_engine import TransformersEngine, describe_error
 from saferdemo.prompts import THINK_OPEN
 
 
@@ -122,37 +123,6 @@ class _Rows(BaseStreamer, StoppingCriteria):
 
     def unfinished(self) -> list[Request]:
         return [r for r in self.requests if not r.generation.done]
-
-
-def batch_sampling_kwargs(params: list[GenerationParams]) -> dict:
-    """`generate` settings for rows with these parameters: the stock ones where all rows agree (greedy stays
-    `do_sample=False`), else sampling with each row's own temperature and top-p applied by `RowSampling`."""
-    if len({(p.temperature, p.top_p) for p in params}) == 1:
-        return sampling_kwargs(params[0])
-    return {"do_sample": True, "temperature": 1.0, "top_p": 1.0, "top_k": 0,
-            "logits_processor": LogitsProcessorList([RowSampling(params)])}
-
-
-class RowSampling(LogitsProcessor):
-    """Each row's own temperature and top-p (as transformers' temperature and top-p warpers apply them), and
-    greedy rows (temperature 0) reduced to their arg-max token, so `generate`'s one sampling step serves all."""
-
-    def __init__(self, params: list[GenerationParams]):
-        self.temperature = torch.tensor([p.temperature for p in params], dtype=torch.float32)
-        self.top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        temperature, top_p = self.temperature.to(scores.device), self.top_p.to(scores.device)
-        greedy = temperature <= 0
-        scores = scores / torch.where(greedy, torch.ones_like(temperature), temperature).unsqueeze(1).to(scores.dtype)
-        ascending, order = torch.sort(scores, descending=False)
-        cumulative = ascending.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative <= (1 - top_p).unsqueeze(1)
-        drop[:, -1] = False  # the most likely token always stays
-        drop = drop.scatter(1, order, drop)
-        best = torch.zeros_like(drop).scatter(1, scores.argmax(dim=-1, keepdim=True), True)
-        drop = torch.where(greedy.unsqueeze(1), ~best, drop)  # arg-max as greedy decoding picks it (first of ties)
-        return scores.masked_fill(drop, -float("inf"))
 
 
 def _finish(tokenizer, request: Request) -> None:
