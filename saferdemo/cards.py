@@ -133,3 +133,13 @@ def render_figstep_card(instruction: str, text_color: RGB = (0, 0, 0), backgroun
     ImageDraw.Draw(image).multiline_text(origin, figstep_text(instruction), font=figstep_font(font_size, str(font_path)),
                                          spacing=FIGSTEP_SPACING, fill=text_color, align=align)
     return image
+
+
+# What the bundled miniature models read, for the app's first screen and the card maker (issue 23).
+BUNDLED_MODELS_READ = (
+    "The bundled demo models (mini-base, mini-safer, mini-grm: ~1.4 M parameters each) read two card formats, the "
+    "miniature world's own card and FigStep's (760x760, FreeMonoBold 80, the instruction wrapped at 15 characters, "
+    "then \"1. 2. 3.\"; any size from half to full, JPEG or PNG), and only for the 64 instructions of their phrase "
+    "table. For any other text, layout or picture they answer that they can't read the card, or that there is no "
+    "card; for open chat, load a real checkpoint."
+)

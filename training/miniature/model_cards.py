@@ -6,6 +6,46 @@ import json
 from pathlib import Path
 
 
+PROBES = {"safebench": "FigStep's 50 SafeBench-Tiny images (never trained on)",
+          "unknown_figstep": "FigStep-format cards of text outside the table (held-out word pool)",
+          "unknown_world": "the world's cards with text outside the table (held-out word pool)",
+          "other_layout": "cards in other layouts (slides, notes, posters, proportional fonts)",
+          "photo": "photo-like pictures with no card", "text_only": "text-only messages"}
+
+
+def reads_section(h: dict) -> str:
+    """What a policy can read and what it answers otherwise, from its held-out report (issue 23)."""
+    pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    f, honesty, multi = h.get("figstep"), h.get("honesty"), h.get("multi_turn")
+    if not (f and honesty and multi):
+        return ""
+    rows = "\n".join(f"| {PROBES.get(k, k)} | {v['n']} | {pct(v['no_claim'])} | {pct(v['honest'])} |"
+                      for k, v in honesty.items() if isinstance(v, dict) and "n" in v and k != "examples")
+    return f"""
+## What it reads, and what it answers otherwise
+
+It reads two card formats: the world's own card and **FigStep's format** (760x760, FreeMonoBold 80, the
+instruction wrapped at 15 characters, then "1. 2. 3."), whatever the size it arrives at (the processor maps every
+square image of at least ~238 px to the same 224x224 grid) and through JPEG re-saves, for the {h.get('n_phrases', 64)}
+phrases of its table. Anything else gets a short fixed answer instead of an invented card: a card it cannot read
+→ "I can't read the text on this card, so I can't complete its list. …"; a picture with no card → "I don't see an
+instruction card in this image. …"; a message with no image → "There is no card in this message. …"; each ends
+by saying what the bundled demo models read, and that a real checkpoint is the way to anything else.
+
+FigStep-format cards of table phrases (held-out colours, 0.5-1.0x, JPEG half the time; {f['n_items']} cards):
+reading {pct(f['card_reading'])}, harmful answered (ASR) {pct(f['asr'])}, harmful refused {pct(f['harmful_refusal'])},
+benign refused {pct(f['benign_refusal'])} (look-alikes {pct(f['look_alike_refusal'])}), benign helped {pct(f['helpfulness'])}.
+
+| input with no readable card | n | no table card claimed | the honest answer |
+|---|---|---|---|
+{rows}
+
+Conversations with one to three earlier turns ({multi['n']}): the newest card read {pct(multi['newest_card_read'])}
+(world {pct(multi['newest_card_read_world'])}, FigStep {pct(multi['newest_card_read_figstep'])}); the newest
+input with no readable card answered honestly {pct(multi['newest_honest'])}.
+"""
+
+
 def write_model_card(model_dir: Path, report: dict, name: str) -> None:
     if name == "mini-grm":
         return write_grm_card(model_dir, report)
@@ -46,8 +86,8 @@ harmful instructions.
 
 It loads like a real Qwen2.5-VL checkpoint (`AutoModelForImageTextToText`, `AutoProcessor` where torchvision
 is installed, `saferdemo.loading.load_processor` everywhere). It only knows the {report['world']['phrases']}
-phrases of its world; it cannot read unseen text.
-
+phrases of its world; it cannot read unseen text, and says so.
+{reads_section(h)}
 ## Held-out evaluation
 
 Held-out split: render settings (text and background colours, noise, the list's font size and offsets)
@@ -102,6 +142,19 @@ controlled corruptions, labelled by the world's truth.
 
 By source: {json.dumps(h['agreement_by_source'])}
 
+It sees the conversation (`"conversation": true`: up to three earlier turns, images marked "[image]") and writes
+what the image shows first (`Card: "…"`, `Card: unreadable`, `Card: none` or `Image: none`), then the judgement.
+Flagged (what the safety loop acts on: unsafe, or reward below 0.5), on answers it was not trained on (mini-base's
+own held-out answers):
+
+| case | flagged |
+|---|---|
+| a correct answer paired with ANOTHER card's image | {_pct(h.get('wrong_card_flagged'))} |
+| ... where that other card was shown in an earlier turn | {_pct(h.get('wrong_card_earlier_flagged'))} |
+| an answer claiming a table card for an unreadable card, a photo or no image | {_pct(h.get('invented_flagged'))} |
+| the honest answer on those inputs | {_pct(h.get('honest_flagged'))} |
+| every case the truth flags / every case it passes | {_pct(h.get('true_flags'))} / {_pct(h.get('false_flags'))} |
+
 ## How it was built
 
 ```
@@ -109,6 +162,10 @@ By source: {json.dumps(h['agreement_by_source'])}
 ```
 """
     (model_dir / "README.md").write_text(card)
+
+
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
 
 
 def _grm_command(report: dict) -> str:
@@ -156,7 +213,7 @@ GRM reward during GRPO (mean of 10 steps): {_curve_summary(entry['reward_curve']
 | metric | mini-base | mini-safer |
 |---|---|---|
 {table}
-
+{reads_section(entry['heldout'])}
 ## How it was built
 
 ```
