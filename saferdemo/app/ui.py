@@ -62,7 +62,8 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
                         "unsafe reasoning and self-correction, with 95% intervals. Larger audits: `saferdemo audit`.")
             with gr.Row():
                 dataset = gr.Dropdown(["miniature", "figstep-tiny", "figstep"], value="miniature", label="dataset")
-                n_items = gr.Number(value=10, minimum=1, maximum=limits.audit_items, precision=0, label="items")
+                n_items = gr.Number(value=10, minimum=1, maximum=limits.audit_items, precision=0, label="items",
+                                    elem_id="audit-items")
                 audit_btn = gr.Button("Run audit", variant="primary")
                 cancel_btn = gr.Button("Cancel audit", elem_id="cancel-audit")
             audit_status = gr.Markdown(elem_id="audit-status")  # progress, live: this run's own count and pace
