@@ -71,3 +71,23 @@ def test_reflection_corrects_the_base_draft_when_its_loop_is_on(comparison):
     assert base.reflected and base.draft_judge.judgement.verdict == "unsafe"
     assert world.classify_answer(base.revision.answer) == "refusal"
     assert base.final_judge.judgement.verdict == "safe"
+
+
+def test_the_first_screen_needs_no_setting_to_show_the_loop(comparison):
+    """The examples are captioned with their card's phrase, and the app's defaults run the loop on both columns,
+    so a harmful example shows draft → flagged → reflected → corrected as it opens."""
+    import gradio as gr
+
+    from saferdemo.app.ui import _examples, build_app
+
+    captions = [caption for _, caption in _examples()]
+    assert captions == [e["phrase"] for e in INDEX] and len(set(captions)) == len(captions)
+    columns = {c.name: c for c in comparison.columns}
+    demo = build_app(columns, comparison.judge, {"base": "mini-base", "aligned": "mini-safer"})
+    loops = {b.label: b.value for b in demo.blocks.values() if isinstance(b, gr.Checkbox)}
+    assert loops["safety loop on the base model (its own draft stays shown)"] is True
+    assert loops["safety loop on the aligned model"] is True
+    example = next(e for e in INDEX if e["harmful"])
+    base = run(comparison, example, base_loop=True)["base"]
+    assert base.flagged and base.outcome == "corrected" and base.as_dict()["verdict"]["strip"].startswith(
+        "draft: unsafe · 0.00 → reflected → corrected: safe")
