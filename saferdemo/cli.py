@@ -19,6 +19,7 @@ from saferdemo.app.session import Comparison, in_column_order
 from saferdemo.engines.base import EngineError, GenerationParams
 from saferdemo.images import InputError, load_image
 from saferdemo.loading import ModelLoadError
+from saferdemo.reasoning_formats import CHOICES as REASONING_CHOICES, ENV as REASONING_ENV, ReasoningFormatError
 from saferdemo.safety_loop import LoopConfig
 
 
@@ -65,7 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
         sub.add_argument("--no-batching", action="store_true",
                          help="transformers backend: one generate per request instead of batching all users'")
+        sub.add_argument("--reasoning-format", choices=REASONING_CHOICES, default=None,
+                         help="the models' reasoning tags (default auto: read from each checkpoint); "
+                              "env SAFERDEMO_REASONING_FORMAT")
     args = parser.parse_args(argv)
+    if args.reasoning_format:  # read by every engine when it is made (saferdemo.reasoning_formats)
+        os.environ[REASONING_ENV] = args.reasoning_format
     urls = {role: getattr(args, f"{role}_url") for role in ("base", "aligned", "grm")}
     choice = ModelChoice.resolve(args.base, args.aligned, args.grm, urls, args.backend, args.api_key_env,
                                  not args.no_batching)
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if gpu else args.device  # ZeroGPU: models go to the GPU at start-up, as Spaces expects
     try:
         columns, judge = load_models(choice, device, args.max_pixels)
-    except (ModelLoadError, EngineError) as error:
+    except (ModelLoadError, EngineError, ReasoningFormatError) as error:
         print(f"saferdemo: {error}", file=sys.stderr)
         return 2
     if args.command == "serve":

@@ -26,7 +26,7 @@ from PIL import Image
 from saferdemo.engines.base import Engine, EngineError, GenerationParams, GenerationStats
 from saferdemo.judge import GRMClient, JudgeResult, earlier_turns
 from saferdemo.prompts import reflection_messages
-from saferdemo.segments import Segments, after_reflection, parse
+from saferdemo.segments import Segments, after_reflection, canonical, generation_format, native, parse
 
 Phase = Literal["drafting", "judging", "reflecting", "rejudging", "done"]
 Kept = Literal["draft", "revision"]
@@ -230,12 +230,14 @@ def _stopped(turn: Turn, stop: threading.Event) -> bool:
 def _loop(turn: Turn, engine, judge, messages, images, request, params, loop: LoopConfig, stop):
     judge_image = images[-1] if images else None  # the newest image in the conversation
     earlier = earlier_turns(messages)
-    yield from _stream(engine, messages, images, params, stop, turn, "draft")
+    drafted = yield from _stream(engine, messages, images, params, stop, turn, "draft")
+    form, prefilled = generation_format(drafted), drafted.think_prefilled  # the model's reasoning format
     if _stopped(turn, stop) or judge is None:
         return
     turn.phase = "judging"
     yield turn.snapshot()
-    result = judge.judge(judge_image, request, turn.draft_text, stop, earlier)
+    # The judge reads saferdemo's own <think> format whatever the model writes (◁think▷, a pre-filled tag, ...).
+    result = judge.judge(judge_image, request, canonical(turn.draft_text, form, prefilled), stop, earlier)
     if stop.is_set() and result.judgement is None:  # Stop cut the judge short: that is no verdict
         _stopped(turn, stop)
         return
@@ -251,8 +253,9 @@ def _loop(turn: Turn, engine, judge, messages, images, request, params, loop: Lo
     critique = (judgement.rationale or "The response may be unsafe.") if judgement else UNVERIFIED_CRITIQUE
     longer = GenerationParams(params.max_new_tokens + loop.reflection_extra_tokens, params.temperature,
                               params.top_p, params.seed)
-    yield from _stream(engine, reflection_messages(messages, turn.draft_text, critique), images, longer, stop,
-                       turn, "revision")
+    # The model reads its draft back in its own format (a pre-filled opening tag put back).
+    yield from _stream(engine, reflection_messages(messages, native(turn.draft_text, form, prefilled), critique),
+                       images, longer, stop, turn, "revision")
     if _stopped(turn, stop):
         turn.kept_reason = "stopped before the correction was judged"
         return
@@ -262,7 +265,7 @@ def _loop(turn: Turn, engine, judge, messages, images, request, params, loop: Lo
         return
     turn.phase = "rejudging"
     yield turn.snapshot()
-    revised = judge.judge(judge_image, request, corrected, stop, earlier)
+    revised = judge.judge(judge_image, request, canonical(corrected, form), stop, earlier)
     if stop.is_set() and revised.judgement is None:
         _stopped(turn, stop)
         turn.kept_reason = "stopped before the correction was judged"
@@ -288,9 +291,10 @@ def _stream(engine, messages, images, params, stop, turn: Turn, which: str):
     for chunk in generation:
         text += chunk
         setattr(turn, f"{which}_text", text)
-        setattr(turn, which, parse(text, generation.think_prefilled))
+        setattr(turn, which, parse(text, generation.think_prefilled, format=generation_format(generation)))
         yield turn.snapshot()
-    segments = parse(text, generation.think_prefilled, done=True)
+    segments = parse(text, generation.think_prefilled, done=True, format=generation_format(generation))
     segments.truncated = segments.truncated and generation.stats.finish_reason == "length"  # not when stopped
     setattr(turn, which, segments)
     yield turn.snapshot()
+    return generation

@@ -95,9 +95,10 @@ class StreamingGeneration:
     """
 
     def __init__(self, stop: threading.Event, max_new_tokens: int, name: str, think_prefilled: bool = False,
-                 timeout_s: float = CHUNK_TIMEOUT_S):
+                 timeout_s: float = CHUNK_TIMEOUT_S, reasoning_format=None):
         self.stop, self.max_new_tokens, self.name = stop, max_new_tokens, name
         self.think_prefilled, self.timeout_s = think_prefilled, timeout_s
+        self.reasoning_format = reasoning_format  # the engine's ReasoningFormat (None: unknown, parsed as "any")
         self.stats = GenerationStats()
         self._chunks: queue.Queue = queue.Queue()
         self._reason: FinishReason = ""

@@ -38,7 +38,6 @@ from transformers.generation.streamers import BaseStreamer
 from saferdemo.engines.base import EngineError, GenerationParams, StreamingGeneration
 from saferdemo.engines.sampling import batch_sampling_kwargs
 from saferdemo.engines.transformers_engine import TransformersEngine, describe_error
-from saferdemo.prompts import THINK_OPEN
 
 
 class BatchedGeneration(StreamingGeneration):
@@ -139,6 +138,7 @@ class BatchingEngine:
     def __init__(self, engine: TransformersEngine, max_batch: int = 16, gather_s: float = 0.01):
         self.engine, self.name = engine, engine.name
         self.model, self.processor = engine.model, engine.processor
+        self.reasoning_format = engine.reasoning_format
         self.max_batch, self.gather_s = max_batch, gather_s
         self._waiting: deque[Request] = deque()
         self._arrived = threading.Condition()
@@ -160,7 +160,8 @@ class BatchingEngine:
     def start(self, messages, images, params: GenerationParams, stop: threading.Event) -> BatchedGeneration:
         prompt = self.prompt_text(messages)
         inputs = self.engine._inputs([prompt], list(images))  # a bad input fails here, for this request alone
-        generation = BatchedGeneration(stop, params.max_new_tokens, self.name, prompt.rstrip().endswith(THINK_OPEN))
+        generation = BatchedGeneration(stop, params.max_new_tokens, self.name, self.reasoning_format.prefilled(prompt),
+                                       reasoning_format=self.reasoning_format)
         with self._arrived:
             self._waiting.append(Request(dict(inputs), params, generation))
             self._arrived.notify()

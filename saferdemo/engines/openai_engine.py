@@ -3,7 +3,8 @@
 Chat completions with `stream: true`; images go inline as base64 PNG data URLs. A reader thread turns the
 server-sent events into text chunks; setting the stop event closes the HTTP stream, which is how servers
 learn to stop generating. Servers that split reasoning into `reasoning_content` (vLLM's and transformers'
-reasoning parsers) get it wrapped back into `<think>…</think>`, so the segment parser sees one format.
+reasoning parsers) get it wrapped back into the model's own tags (`<think>…</think>` unless
+`SAFERDEMO_REASONING_FORMAT` names another), so the segment parser sees one format.
 
 Before the first byte arrives, connection errors, 429 and 5xx are retried with exponential backoff
 (honouring Retry-After); 401/403 and 404 fail at once with a message that says what to check. The API key
@@ -23,7 +24,7 @@ import httpx
 from PIL import Image
 
 from saferdemo.engines.base import EngineError, GenerationParams, StreamingGeneration
-from saferdemo.prompts import THINK_CLOSE, THINK_OPEN
+from saferdemo.segments import ANY
 
 
 def data_url(image: Image.Image) -> str:
@@ -58,7 +59,8 @@ def to_openai_messages(messages: list[dict], images: list[Image.Image]) -> list[
 
 class OpenAIGeneration(StreamingGeneration):
     def __init__(self, engine: OpenAIEngine, payload: dict, stop: threading.Event, max_new_tokens: int):
-        super().__init__(stop, max_new_tokens, engine.name, timeout_s=engine.timeout_s)
+        super().__init__(stop, max_new_tokens, engine.name, timeout_s=engine.timeout_s,
+                         reasoning_format=engine.reasoning_format)
         self.engine, self.payload = engine, payload
         self.thread = threading.Thread(target=self._read, name=f"generate:{engine.name}", daemon=True)
         self.thread.start()
@@ -86,6 +88,8 @@ class OpenAIGeneration(StreamingGeneration):
     def _consume(self, response: httpx.Response) -> str:
         """Read server-sent events until [DONE] or Stop; returns the server's finish reason."""
         in_think, reason = False, ""
+        # reasoning_content goes back into the model's own tags (a Kimi model reflecting reads ◁think▷ again)
+        think_open, think_close = self.reasoning_format.opens[0], self.reasoning_format.closes[0]
         for line in response.iter_lines():
             if self.stop.is_set():
                 return reason  # leaving closes the stream: the server sees the disconnect and stops
@@ -104,10 +108,10 @@ class OpenAIGeneration(StreamingGeneration):
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
                 text = ""
                 if reasoning:
-                    text += ("" if in_think else THINK_OPEN + "\n") + reasoning
+                    text += ("" if in_think else think_open + "\n") + reasoning
                     in_think = True
                 if delta.get("content"):
-                    text += ("\n" + THINK_CLOSE + "\n" if in_think else "") + delta["content"]
+                    text += ("\n" + think_close + "\n" if in_think else "") + delta["content"]
                     in_think = False
                 if text:
                     if not event.get("usage"):
@@ -130,6 +134,9 @@ class OpenAIEngine:
         self.base_url, self.model = base_url.rstrip("/"), model
         self.api_key_env, self.timeout_s, self.retries = api_key_env, timeout_s, retries
         self.name = name or model
+        from saferdemo.reasoning_formats import override
+
+        self.reasoning_format = override() or ANY  # the server's template is not ours to read: the flag, else all tags
         self.client = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=10.0))
 
     def _headers(self) -> dict:

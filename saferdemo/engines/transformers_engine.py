@@ -14,7 +14,6 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
 from saferdemo.engines.base import EngineError, GenerationParams, StreamingGeneration
-from saferdemo.prompts import THINK_OPEN
 
 
 class StopOnEvent(StoppingCriteria):
@@ -67,8 +66,11 @@ def sampling_kwargs(params: GenerationParams) -> dict:
 class TransformersEngine:
     """A model and its processor in this process."""
 
-    def __init__(self, model, processor, name: str = "model"):
+    def __init__(self, model, processor, name: str = "model", reasoning_format=None):
+        from saferdemo.reasoning_formats import for_processor
+
         self.model, self.processor, self.name = model, processor, name
+        self.reasoning_format = reasoning_format or for_processor(processor)  # decided once, per checkpoint
 
     @classmethod
     def from_pretrained(cls, path, device: str | None = None, max_pixels: int | None = None, name: str | None = None):
@@ -91,7 +93,8 @@ class TransformersEngine:
     def start(self, messages, images, params: GenerationParams, stop: threading.Event) -> TransformersGeneration:
         prompt = self.prompt_text(messages)
         inputs = self._inputs([prompt], list(images))
-        generation = TransformersGeneration(stop, params.max_new_tokens, self.name, prompt.rstrip().endswith(THINK_OPEN))
+        generation = TransformersGeneration(stop, params.max_new_tokens, self.name,
+                                            self.reasoning_format.prefilled(prompt), reasoning_format=self.reasoning_format)
         kwargs = dict(**inputs, streamer=_Streamer(self.processor.tokenizer, generation),
                       max_new_tokens=params.max_new_tokens, stopping_criteria=StoppingCriteriaList([StopOnEvent(stop)]),
                       **sampling_kwargs(params))

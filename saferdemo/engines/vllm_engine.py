@@ -19,7 +19,6 @@ import uuid
 from pathlib import Path
 
 from saferdemo.engines.base import EngineError, GenerationParams, StreamingGeneration
-from saferdemo.prompts import THINK_OPEN
 
 
 def vllm_unavailable_reason() -> str | None:
@@ -37,7 +36,8 @@ def vllm_unavailable_reason() -> str | None:
 
 class VLLMGeneration(StreamingGeneration):
     def __init__(self, engine: VLLMEngine, prompt: dict, sampling, stop: threading.Event, lora):
-        super().__init__(stop, sampling.max_tokens, engine.name, prompt["prompt"].rstrip().endswith(THINK_OPEN))
+        super().__init__(stop, sampling.max_tokens, engine.name, engine.reasoning_format.prefilled(prompt["prompt"]),
+                         reasoning_format=engine.reasoning_format)
         self.engine = engine
         self.future = asyncio.run_coroutine_threadsafe(self._produce(prompt, sampling, lora), engine.loop)
         threading.Thread(target=self._watch_stop, daemon=True).start()
@@ -118,7 +118,10 @@ class VLLMEngine:
         from vllm.lora.request import LoRARequest
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from saferdemo.reasoning_formats import for_processor
+
         self.name, self.processor = name or model, processor
+        self.reasoning_format = for_processor(processor)
         # Three engines (base, aligned, judge) share one GPU by default: about a quarter of its memory each.
         gpu_memory_utilization = gpu_memory_utilization or float(os.environ.get("SAFERDEMO_VLLM_MEMORY", "0.28"))
         self.loop = asyncio.new_event_loop()
