@@ -157,8 +157,7 @@ def test_audit_tab_runs_a_small_audit(client):
     job = client.submit("miniature", 4, api_name="/audit")
     updates = list(job)
     status, table, bars, quadrants, report = job.outputs()[-1]
-    assert [u[0] for u in updates][:1] == ["**Audit: 0/8 responses** · 0:00 elapsed · starting (loading the items, "
-                                           "then the first response)"] or "0/8 responses" in updates[0][0]
+    assert updates[0][0].startswith("**Audit: 0/8 responses**")  # progress from the start, this run's own
     assert "8/8 responses" in status and len(updates) >= 3  # progress streamed while it ran
     assert "| ASR |" in table and "over-refusal" in table and "McNemar" in table
     assert bars is not None and quadrants is not None and str(report).endswith(".html")
@@ -172,6 +171,7 @@ def test_the_compare_api_streams_both_columns(client):
     assert len(updates) > 1 and list(final) == ["base", "aligned"]  # the app's column order
     assert final["aligned"]["verdict"]["label"] == "safe" and final["base"]["verdict"]["label"] == "unsafe"
     assert final["base"]["verdict"]["strip"] == "GRM: unsafe · 0.00 · flagged (safety loop off)"
+    assert final["aligned"]["verdict"]["strip"].startswith("GRM: safe")  # what README's example prints
     assert "[restricted step]" in final["base"]["final_answer"]
     assert final["base"]["draft_judgement"]["judgement"]["verdict"] == "unsafe"
     assert "Sorry" in final["aligned"]["final_answer"]

@@ -47,10 +47,14 @@ def seed_of(seed) -> int | None:
     try:
         value = int(seed)
     except (TypeError, ValueError):
-        raise gr.Error(f"The seed must be a whole number from 0 to {SEED_MAX:,}, or -1 for none; got {seed!r}.") from None
+        raise gr.Error(_bad_seed(seed)) from None
     if value != seed or not 0 <= value <= SEED_MAX:
-        raise gr.Error(f"The seed must be a whole number from 0 to {SEED_MAX:,}, or -1 for none; got {seed!r}.")
+        raise gr.Error(_bad_seed(seed))
     return value
+
+
+def _bad_seed(seed) -> str:
+    return f"The seed must be a whole number from 0 to {SEED_MAX:,}, or -1 for none; got {seed!r}."
 
 
 def turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned, seed=None):
