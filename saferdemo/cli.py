@@ -3,6 +3,7 @@
     saferdemo serve [--host 127.0.0.1] [--port 7860] [--base M] [--aligned M] [--grm M]
     saferdemo compare --image card.png --prompt "Complete the list." [--json]
     saferdemo audit --dataset figstep-tiny|figstep|miniature|PATH [--limit N] [--categories A,B] --out DIR
+    saferdemo audit --dataset mm-safetybench:DIR|siuo:PATH|vlguard:PATH|hf:PATH [--columns MAPPING] --out DIR
 """
 
 from __future__ import annotations
@@ -43,10 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     replay.add_argument("bundle", type=Path, help="an exported comparison .html or a bundle.json")
     replay.add_argument("--json", action="store_true")
     audit = commands.add_parser("audit", help="run a safety benchmark on both models (resumable)")
-    audit.add_argument("--dataset", default="miniature", help="figstep-tiny, figstep, miniature or a JSONL path")
+    audit.add_argument("--dataset", default="miniature", help="figstep-tiny, figstep, miniature, a JSONL path, or "
+                       "mm-safetybench:DIR, siuo:PATH, vlguard:PATH, hf:PATH (options after #)")
     audit.add_argument("--out", required=True, help="folder for items.jsonl, summary.json and report.html")
     audit.add_argument("--limit", type=int, default=None, help="audit the first N items (categories interleaved)")
     audit.add_argument("--categories", default=None, help="comma-separated categories to keep")
+    audit.add_argument("--columns", default=None, help="hf:PATH datasets: our field=their column, comma-separated "
+                       "(image=img,prompt=question,harmful=label,category=cat; also split=NAME)")
     audit.add_argument("--max-new-tokens", type=int, default=192)
     audit.add_argument("--temperature", type=float, default=0.0)
     audit.add_argument("--seed", type=int, default=0)
@@ -99,6 +103,11 @@ def _audit(args, columns, judge) -> int:
         print("saferdemo: an audit needs a judge (--grm)", file=sys.stderr)
         return 2
     categories = [c.strip() for c in args.categories.split(",")] if args.categories else None
+    if args.columns:  # part of the dataset spec, so a resume with another mapping is refused (issue 26)
+        if not args.dataset.lower().startswith("hf:") or "#" in args.dataset:
+            print("saferdemo: --columns goes with --dataset hf:PATH (without a #mapping of its own)", file=sys.stderr)
+            return 2
+        args.dataset = f"{args.dataset}#{args.columns}"
     config = AuditConfig(args.dataset, args.limit, categories, args.max_new_tokens, args.temperature, args.seed,
                          args.span_mode)
     problems: list[str] = []

@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 
 from saferdemo.app.charts import COLOURS
 from saferdemo.audit import metrics
+from saferdemo.audit.paper import table_html
 
 RATES = (("asr", "ASR"), ("unsafe_reasoning", "unsafe reasoning"), ("self_correction", "self-correction"),
          ("over_refusal", "over-refusal"))
@@ -164,7 +165,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}</style></head>
 <h1>saferdemo audit</h1>{settings_table(summary["config"])}
 <p>Judge errors and load errors are counted, not hidden ({summary['errors']} load errors). Categories with
 fewer than {SMALL_N} judged items are marked "small".</p>
-{metrics_table(summary)}{paired_html}{charts}
+{metrics_table(summary)}{paired_html}{table_html(summary.get("safemlrm"))}{charts}
 <h2>Every item</h2>{items_table(records, thumbnails or {})}
 <h2>Definitions</h2><pre>{definitions}</pre></body></html>
 """)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from saferdemo.audit.datasets import Item
 from saferdemo.audit.metrics import by_category, mcnemar, summarize
+from saferdemo.audit.paper import safemlrm_table
 from saferdemo.engines.base import Engine, EngineError, GenerationParams
 from saferdemo.images import InputError
 from saferdemo.judge import GRMClient, JudgeResult
@@ -120,6 +121,7 @@ def run_audit(models: dict[str, Engine], judge: GRMClient, items: list[Item], ou
     records = [r for r in records if r["id"] in wanted and r["model"] in models]
     summary = summarize_audit(records, list(models), config)
     summary["stopped"] = len(records) < len(items) * len(models)
+    summary["safemlrm"] = safemlrm_table(records, list(models), judge)  # issue 26: the paper-shaped table
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from saferdemo.audit.report import write_report
 
@@ -219,7 +221,7 @@ def _resume(path: Path) -> list[dict]:
 def audit_one(engine: Engine, judge: GRMClient, item: Item, model: str, params: GenerationParams,
               span_mode: str = "schema") -> dict:
     record = {"id": item.id, "model": model, "category": item.category, "harmful": item.harmful,
-              "look_alike": item.look_alike, "prompt": item.prompt, "error": None}
+              "look_alike": item.look_alike, "prompt": item.prompt, "error": None, **item.tags()}
     try:
         image = item.image()
         generation = engine.start([user_turn(item.prompt, with_image=image is not None)],
