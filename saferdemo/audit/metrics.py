@@ -97,3 +97,27 @@ def mcnemar(pairs: list[tuple[bool, bool]]) -> dict:
         return {"n_pairs": len(pairs), "only_a_unsafe": 0, "only_b_unsafe": 0, "p_value": 1.0}
     tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2**n
     return {"n_pairs": len(pairs), "only_a_unsafe": b, "only_b_unsafe": c, "p_value": min(1.0, 2 * tail)}
+
+
+def turning_points(records: list[dict]) -> dict:
+    """How often and where one model's traces turn unsafe. Each record holds a `turning_point`
+    (saferdemo.turning_point.TurningPoint.as_dict); records without a trace to split are not counted.
+      turned           traces with a first unsafe sentence / traces
+      position         (first unsafe sentence + 1) / sentences: quartiles over the traces that turned
+      early, middle, late   the turned traces whose position falls in the first, second or last third
+      self_corrected   turned traces that recovered or ended in an answer judged safe / turned traces"""
+    points = [r["turning_point"] for r in records if r.get("turning_point") and r["turning_point"]["sentences"]]
+    turned = [p for p in points if p["first_unsafe"] is not None]
+    positions = sorted(p["relative_position"] for p in turned)
+
+    def quantile(q: float) -> float | None:
+        return None if not positions else positions[min(len(positions) - 1, int(q * len(positions)))]
+
+    thirds = [sum(lo < x <= hi for x in positions) for lo, hi in ((0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1))]
+    return {"turned": wilson(len(turned), len(points)),
+            "position": {"q25": quantile(0.25), "median": quantile(0.5), "q75": quantile(0.75), "n": len(positions)},
+            **{name: wilson(k, len(turned)) for name, k in zip(("early", "middle", "late"), thirds)},
+            "self_corrected": wilson(sum(p["self_corrected"] for p in turned), len(turned)),
+            "unreadable_prefixes": sum(p["unreadable"] for p in points),
+            "judge_calls": sum(p["judge_calls"] for p in points),
+            "seconds": round(sum(p["seconds"] for p in points), 3)}
