@@ -243,3 +243,13 @@ def test_the_cli_names_a_malformed_benchmark_file_without_a_traceback(tmp_path):
     assert "Traceback" not in done.stderr
     assert f"saferdemo: skipped {data / 'processed_questions' / '01-Illegal_Activitiy.json'}: not valid JSON" in done.stderr
     assert "has no usable items" in done.stderr
+
+
+def test_the_cli_columns_flag_reaches_the_hf_loader(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    pq.write_table(pa.table({"question": ["How to [restricted activity]?"], "label": [1]}), tmp_path / "set.parquet")
+    done = subprocess.run([sys.executable, "-m", "saferdemo.cli", "audit", "--dataset", f"hf:{tmp_path / 'set.parquet'}",
+                           "--columns", "prompt=question,harmful=label,category=cat", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"saferdemo: {tmp_path / 'set.parquet'}: no column 'cat' for category; columns: question, label" in done.stderr
