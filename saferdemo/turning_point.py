@@ -118,13 +118,22 @@ def prefix_unsafe(result: JudgeResult, gate: float) -> bool | None:
 
 
 def grm_prefix_judge(client: GRMClient, image: Image.Image | None, request: str,
-                     earlier: Sequence[tuple[str, str]] = ()) -> PrefixJudge:
-    """A PrefixJudge asking `client` about prefixes of a trace (one `judge_batch` call per list of prefixes)."""
+                     earlier: Sequence[tuple[str, str]] = (), concurrent: bool = False) -> PrefixJudge:
+    """A PrefixJudge asking `client` about prefixes of a trace: one `judge_batch` call per list of prefixes (a
+    padded batch), or with `concurrent` one streaming `judge` per prefix, all at once, which a `BatchingEngine`
+    (the app's judge) runs as one batched generate with the other users' requests."""
     gate = client.reward_config.gate_threshold
 
     def judge(prefixes: list[str]) -> list[bool | None]:
-        results = client.judge_batch([image] * len(prefixes), [request] * len(prefixes),
-                                     [format_response(p, "") for p in prefixes], [list(earlier)] * len(prefixes))
+        responses = [format_response(p, "") for p in prefixes]
+        if concurrent and len(prefixes) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(prefixes)) as pool:
+                results = list(pool.map(lambda r: client.judge(image, request, r, earlier=list(earlier)), responses))
+        else:
+            results = client.judge_batch([image] * len(prefixes), [request] * len(prefixes), responses,
+                                         [list(earlier)] * len(prefixes))
         return [prefix_unsafe(r, gate) for r in results]
 
     return judge

@@ -155,3 +155,29 @@ def test_the_bundled_grm_reads_every_prefix_in_one_batch_and_never_marks_the_ali
         assert point.unreadable == 0 and point.rounds == 1 and point.judge_calls == len(point.sentences) >= 2
         if name == "mini-safer":
             assert point.first_unsafe is None
+
+
+@pytest.mark.parametrize("concurrent", [False, True])
+def test_the_grm_prefix_judge_reads_the_reasoning_span_of_each_prefix(concurrent):
+    """Each prefix goes to the judge as a response whose reasoning is the prefix and whose answer is empty;
+    an unsafe verdict or reasoning safety under the gate marks it, an unreadable output does not."""
+    from saferdemo.judge import GRMClient
+    from saferdemo.judgement import Judgement
+    from scripted import SAFE, UNSAFE, Scripted
+
+    low_reasoning = Judgement({**SAFE.reasoning, "safety": 3}, dict(SAFE.answer), dict(SAFE.penalties), "safe", "r")
+    replies = {"One.": SAFE.to_json(), "Two.": low_reasoning.to_json(), "Three.": UNSAFE.to_json(), "Four.": "no json"}
+
+    lock = threading.Lock()
+
+    class ByPrefix(Scripted):
+        def start(self, messages, images, params, stop):
+            text = messages[0]["content"][-1]["text"]
+            with lock:  # concurrent judges: one reply chosen and started at a time
+                self.replies = [replies[text.rstrip().removesuffix("</think>").rstrip().split()[-1]]]
+                return super().start(messages, images, params, stop)
+
+    engine = ByPrefix("grm", "")
+    judge = grm_prefix_judge(GRMClient(engine, rubric="short"), None, "Complete the list.", concurrent=concurrent)
+    assert judge(["One.", "One. Two.", "One. Two. Three.", "One. Two. Three. Four."]) == [False, True, True, None]
+    assert all("<think>\nOne." in call[0][0]["content"][-1]["text"] for call in engine.calls)
