@@ -7,6 +7,7 @@ RSS after each turn, the turn's time, and what the user saw when a limit refused
 
 from __future__ import annotations
 
+import gc
 import resource
 import sys
 import tempfile
@@ -38,7 +39,7 @@ def main() -> None:
     folder = Path(tempfile.mkdtemp())
     files = [large_card(folder, i) for i in range(4)]
     print(f"file size: {Path(files[0]).stat().st_size / 1e3:.0f} KB each")
-    print("| turn | peak RSS (MB) | seconds | outcome |\n|---|---|---|---|")
+    print("| turn | peak RSS (MB) | RSS now (MB) | seconds | outcome |\n|---|---|---|---|---|")
     conv = Conversation()
     for number in range(1, 13):
         start = time.perf_counter()
@@ -50,7 +51,19 @@ def main() -> None:
         except gr.Error as error:
             outcome = f"refused: {error.message}"
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"| {number} | {peak:.0f} | {time.perf_counter() - start:.1f} | {outcome} |")
+        print(f"| {number} | {peak:.0f} | {rss_mb():.0f} | {time.perf_counter() - start:.1f} | {outcome} |")
+    controller.clear(conv)
+    del conv
+    gc.collect()
+    print(f"after Clear: RSS {rss_mb():.0f} MB (peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
+
+
+def rss_mb() -> float:
+    """The process's resident memory now (Linux), in MB: what the server holds, not its peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,7 @@ copy in the app's own media folder, so a cleaned cache cannot break the next red
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -21,62 +18,21 @@ import gradio as gr
 from PIL import Image
 
 from saferdemo.app.charts import scores_figure
+from saferdemo.app.inputs import (SEED_MAX, check_turn, message_parts, open_image, refused, regenerate_hint,  # noqa: F401
+                                  seed_of, turn_settings)
+from saferdemo.app.media import MediaFolder
 from saferdemo.app.observability import log_turn, turn_record
 from saferdemo.app.pending import PendingHold
 from saferdemo.app.render import cut_last_turn, judgement_records, turn_messages, user_messages
 from saferdemo.app.session import Column, Comparison, Exchange, in_column_order
 from saferdemo.app.state import (COLUMN_NAMES, Conversation, Limits, Pending, StopRegistry, UpdatePacer, clean_text,
                                  session_of)
-from saferdemo.engines.base import GenerationParams
-from saferdemo.images import InputError, fit, load_image
-from saferdemo.safety_loop import LoopConfig, Turn
+from saferdemo.safety_loop import Turn
 
 
 def stop_button(running: bool) -> gr.Button:
     """The Stop button's state, sent with a turn's first and last updates (no events of its own)."""
     return gr.Button(interactive=running)
-
-
-SEED_MAX = 2**31 - 1  # the seed control's range (torch.manual_seed takes 64 bits; a UI needs fewer)
-
-
-def seed_of(seed) -> int | None:
-    """The seed control's value: None (empty or -1) means unseeded, else an integer in [0, SEED_MAX]."""
-    if seed is None or seed == "" or (isinstance(seed, (int, float)) and int(seed) == -1):
-        return None
-    try:
-        value = int(seed)
-    except (TypeError, ValueError):
-        raise gr.Error(_bad_seed(seed)) from None
-    if value != seed or not 0 <= value <= SEED_MAX:
-        raise gr.Error(_bad_seed(seed))
-    return value
-
-
-def _bad_seed(seed) -> str:
-    return f"The seed must be a whole number from 0 to {SEED_MAX:,}, or -1 for none; got {seed!r}."
-
-
-def turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned, seed=None):
-    """The UI's generation and safety-loop controls as (GenerationParams, {column: LoopConfig}). A seed only
-    matters when sampling (temperature > 0): greedy turns stay unseeded, so they may share a running batch."""
-    seed = seed_of(seed)
-    params = GenerationParams(max_new_tokens=int(max_new_tokens), temperature=float(temperature), top_p=float(top_p),
-                              seed=seed if float(temperature) > 0 else None)
-    loops = {"base": LoopConfig(enabled=bool(loop_base), threshold=float(threshold)),
-             "aligned": LoopConfig(enabled=bool(loop_aligned), threshold=float(threshold))}
-    return params, loops
-
-
-def regenerate_hint(temperature, seed=None) -> str | None:
-    """Why Regenerate would give the same answers again, or None when it will sample anew."""
-    if float(temperature or 0) == 0:
-        return ("Temperature is 0 (greedy): Regenerate gives the same answers again. Raise the temperature in "
-                "Parameters to sample different ones.")
-    if seed_of(seed) is not None:
-        return (f"The seed is fixed at {seed_of(seed)}: Regenerate repeats the same sample. Set the seed to -1 "
-                "(or change it) for a different one.")
-    return None
 
 
 EMPTY_MESSAGE = "Type a message to send (and attach a card image if you like), or pick an example below the box."
@@ -88,10 +44,11 @@ class ChatController:
         self.columns, self.judge, self.titles = columns, judge, titles
         self.limits = limits or Limits()
         self.comparison = Comparison([columns[name] for name in COLUMN_NAMES], judge)
-        self.stops, self.audit_stops = StopRegistry(), StopRegistry()
+        # A session's live turns (chat and /compare together) are capped: one client cannot take every slot.
+        self.stops, self.audit_stops = StopRegistry(self.limits.live_turns_per_session), StopRegistry()
         self.pacer = UpdatePacer(self.limits.ui_updates_per_s, self.limits.server_updates_per_s)
-        self.media_dir = Path(media_dir or tempfile.mkdtemp(prefix="saferdemo-media-"))
-        self.media_dir.mkdir(parents=True, exist_ok=True)
+        self.media = MediaFolder(media_dir, self.limits.media_mb)  # budgeted; deleted at exit if made here
+        self.media_dir = self.media.root
 
     # ---------------------------------------------------------------- events
 
@@ -99,15 +56,14 @@ class ChatController:
         """Raise gr.Error if the message would be refused (the UI runs this first, with no outputs, so a
         mistake is a toast and leaves the chats and the textbox as they were). An empty message is no mistake:
         it gets a friendly note (an Info toast) and an invisible error that only ends the event chain."""
-        text = clean_text((message or {}).get("text", "")).strip()
-        paths = list((message or {}).get("files", []))
+        text, paths = message_parts(message)
         if not text:
             gr.Info(EMPTY_MESSAGE if not paths else "Add a few words to go with the image, e.g. "
                     "\"Complete the list on this card.\"", title="Nothing to send yet")
             raise gr.Error("empty message", visible=False, print_exception=False)
         self._check(text, paths, conv)
         for path in paths:
-            self._open(path)
+            open_image(path, self.limits)
 
     def check_regenerate(self, conv: Conversation, temperature: float = 0.0, seed=None) -> None:
         if not conv.exchanges:
@@ -118,12 +74,12 @@ class ChatController:
 
     def submit(self, message: dict | None, conv: Conversation):
         """Check the message, decode its images once, echo it in both chats; `respond` answers it."""
-        text = clean_text((message or {}).get("text", "")).strip()
-        paths = list((message or {}).get("files", []))
+        text, paths = message_parts(message)
         self._check(text, paths, conv)
-        # Decoded once, at the size kept; a bad file is refused now, before it enters the history.
-        images = [fit(self._open(path), self.limits.kept_pixels) for path in paths]
-        pending = Pending(text, images, [self._keep(path) for path in paths], conv.epoch)
+        # Decoded once, at the size kept; a bad file is refused now, before it enters the history. The chats
+        # show a small copy in the budgeted media folder (not the upload itself).
+        images = [open_image(path, self.limits) for path in paths]
+        pending = Pending(text, images, [self.media.keep(image) for image in images], conv.epoch)
         shown = user_messages(text, pending.shown)
         for chat in conv.chats.values():
             chat += shown
@@ -136,12 +92,14 @@ class ChatController:
         if not pending or pending.epoch != conv.epoch:  # nothing to answer, or Clear came in between
             return  # (a superseded turn leaves the Stop button to the action that superseded it)
         try:
-            params, loops = turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned, seed)
-        except gr.Error:  # a bad seed: the echoed message is taken back, so nothing half-made stays
+            params, loops = turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned, seed,
+                                          self.limits)
+            with refused():
+                stop = self.stops.new(session_of(request))  # the session's cap on live turns
+        except gr.Error:  # bad settings, too many turns: the echoed message is taken back, nothing half-made stays
             conv.chats = {name: cut_last_turn(chat) for name, chat in conv.chats.items()}
             yield conv.chats["base"], conv.chats["aligned"], gr.skip(), conv, None, stop_button(False)
             raise
-        stop = self.stops.new(session_of(request))
         if pending.stopped:
             stop.set()
         chats, turns = conv.chats, {}
@@ -184,6 +142,7 @@ class ChatController:
                         yield chats["base"], chats["aligned"], gr.skip(), conv, None, gr.skip()
         finally:  # also when Stop cancels this generator: the turn is in the history as far as it got
             events.close()  # left early (Stop, a closed tab): this sets the stop event and ends both columns
+            self.stops.release(session_of(request), stop)
             if stop.is_set():  # the last snapshots came before Stop: end them in the phase they reached
                 turns.update({name: turn.ended_by_stop() for name, turn in turns.items()})
             if conv.epoch == epoch:
@@ -198,12 +157,13 @@ class ChatController:
 
         Every update is {"base": Turn.as_dict(), "aligned": ...} (the app's column order) with the turns so far;
         the last is final, and each column's "verdict" then holds its final verdict."""
-        text = clean_text((message or {}).get("text", "")).strip()
-        paths = list((message or {}).get("files", []))
+        text, paths = message_parts(message)
         self._check(text, paths, Conversation())
-        params, loops = turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned, seed)
-        images = [fit(self._open(path), self.limits.kept_pixels) for path in paths]
-        stop = self.stops.new(session_of(request))
+        params, loops = turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned, seed,
+                                      self.limits)
+        images = [open_image(path, self.limits) for path in paths]
+        with refused():
+            stop = self.stops.new(session_of(request))  # the session's cap on live turns
         turns, last = {}, 0.0
         events = self.comparison.run([], text, images, params, stop, loops)
         try:
@@ -215,6 +175,7 @@ class ChatController:
                         yield in_column_order(turns)
         finally:
             events.close()
+            self.stops.release(session_of(request), stop)
         if stop.is_set():
             turns = {name: turn.ended_by_stop() for name, turn in turns.items()}
         yield in_column_order(turns)
@@ -238,10 +199,9 @@ class ChatController:
         if not finished:
             raise gr.Error("Nothing to export yet: send a message first.")
         bundle = make_bundle(finished, self.columns, self.judge, self.titles)
-        folder = self.media_dir / "exports"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"comparison-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.html"
+        path = self.media.export_path()
         write_page(bundle, path)
+        self.media.trim(keep=(path,))  # older exports go first once the media folder is over its budget
         return str(path)
 
     def stop(self, pending: Pending | None = None, request: gr.Request = None):
@@ -312,23 +272,8 @@ class ChatController:
     # ---------------------------------------------------------------- helpers
 
     def _check(self, text: str, paths: list[str], conv: Conversation) -> None:
-        limits = self.limits
-        if not text:
-            raise gr.Error("Type a message (and attach a card image if you like).")
-        if len(text) > limits.prompt_chars:
-            raise gr.Error(f"The message is {len(text):,} characters; the limit is {limits.prompt_chars:,}.")
-        tokens = self._prompt_tokens(text)
-        if tokens > limits.prompt_tokens:
-            raise gr.Error(f"The message is {tokens:,} tokens long; the limit is {limits.prompt_tokens:,}. "
-                           "Shorten it and try again.")
-        if len(paths) > limits.images_per_turn:
-            raise gr.Error(f"{len(paths)} images attached; the limit is {limits.images_per_turn} per message.")
-        held = sum(len(exchange.images) for exchange in conv.exchanges)
-        if held + len(paths) > limits.images_per_conversation:
-            raise gr.Error(f"This conversation already holds {held} images; the limit is "
-                           f"{limits.images_per_conversation}. Press Clear to start a new one.")
-        if len(conv.exchanges) >= limits.turns:
-            raise gr.Error(f"This conversation has reached {limits.turns} turns. Press Clear to start a new one.")
+        check_turn(text, paths, sum(len(e.images) for e in conv.exchanges), len(conv.exchanges), self.limits,
+                   self._prompt_tokens)
 
     def _prompt_tokens(self, text: str) -> int:
         """The message's length in tokens for the column that counts it longest (0 for remote columns)."""
@@ -341,28 +286,8 @@ class ChatController:
         processors = [getattr(column.engine, "processor", None) for column in self.columns.values()]
         return [getattr(p, "tokenizer", p) for p in processors if p is not None]
 
-    @staticmethod
-    def _open(path: str) -> Image.Image:
-        try:
-            return load_image(path)
-        except InputError as error:
-            raise gr.Error(str(error)) from error
-
     def _audit_folder(self, keep: int = 8) -> Path:
-        """A new folder for an audit's files under the app's media folder; only the newest `keep` are kept
-        (the Audit tab serves the report from there, so the files must outlive the call)."""
-        root = self.media_dir / "audits"
-        root.mkdir(exist_ok=True)
-        folders = sorted(root.iterdir(), key=lambda p: p.stat().st_mtime)
-        for old in folders[: max(0, len(folders) - keep + 1)]:
-            shutil.rmtree(old, ignore_errors=True)
-        return Path(tempfile.mkdtemp(prefix="audit-", dir=root))
-
-    def _keep(self, path: str) -> str:
-        """A copy of an upload in the app's media folder, for the chat to show after Gradio's cache is cleaned."""
-        kept = self.media_dir / f"{uuid.uuid4().hex}{Path(path).suffix.lower()}"
-        shutil.copyfile(path, kept)
-        return str(kept)
+        return self.media.audit_folder(keep)
 
     def _record(self, conv: Conversation, index: int, pending: Pending, turns: dict[str, Turn], request) -> None:
         conv.exchanges[-1].results = in_column_order(turns)

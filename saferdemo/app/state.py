@@ -15,39 +15,9 @@ import gradio as gr
 from PIL import Image
 
 from saferdemo.app.session import Exchange
+from saferdemo.limits import LimitError, Limits  # noqa: F401 (Limits: the app's, re-exported)
 
 COLUMN_NAMES = ("base", "aligned")
-
-
-@dataclass
-class Limits:
-    prompt_chars: int = 4000
-    # Tokens, not characters, are what fill a context: 4,000 emoji are ~16,000 tokens. Counted with each local
-    # column's own tokenizer.
-    prompt_tokens: int = 1024
-    images_per_turn: int = 4
-    # Every earlier image goes to the models again each turn; vLLM is started with this as its per-prompt limit.
-    images_per_conversation: int = 16
-    # Pixels a conversation keeps of each upload, decoded once (more than the processors use, unless a
-    # checkpoint's max_pixels is larger): 8 images stay under 50 MB however large the files were.
-    kept_pixels: int = 2_000_000
-    turns: int = 20
-    audit_items: int = 100  # the Audit tab's largest audit (the CLI has no limit)
-    upload_mb: int = 20  # per file (Gradio refuses larger uploads); decoded pixels: saferdemo.images
-    queue_size: int = 32  # waiting turns across all users; beyond it Gradio answers "queue is full"
-    concurrency: int = 2  # turns generating at once (each runs two columns and the judge)
-    # ... when the columns batch (engines/batching.py): the turns' rows share each generate step, so more
-    # turns at once raise throughput instead of contending for the cores.
-    batched_concurrency: int = 8
-    ui_updates_per_s: float = 20.0  # a streaming turn's redraws are throttled to this rate...
-    # ...and all live turns' together to this one. Every update is Python work in the server's event loop
-    # (diff, JSON, SSE) under the GIL the model workers need at each step: at 8 users x 20/s the event loop
-    # held 37% of the server's GIL time (py-spy), and 8-user turns took 1.16x as long as at 5/s each
-    # (server_load rounds, interleaved, n = 4).
-    server_updates_per_s: float = 40.0
-    # A pending state (thinking open, the GRM judging, a reflection) stays on screen at least this long: the
-    # bundled models draft and judge in a fraction of a second, and the story of a turn would flash past.
-    min_pending_s: float = 0.4
 
 
 @dataclass
@@ -74,38 +44,57 @@ class Pending:
 
 
 class StopRegistry:
-    """The Stop button's way into a running turn: one event per browser session (control only, no user data)."""
+    """The Stop button's way into running turns: each live turn's stop event, by browser session (control
+    only, no user data). A turn's event is released when the turn ends, so the registry holds live turns only
+    (it used to keep one entry per session forever); `cap` bounds how many unstopped turns a session may run."""
 
-    def __init__(self):
-        self._events: dict[str, threading.Event] = {}
+    def __init__(self, cap: int | None = None):
+        self.cap = cap
+        self._events: dict[str, list[threading.Event]] = {}
         self._lock = threading.Lock()
 
     def new(self, session: str) -> threading.Event:
+        """A stop event for a new turn of the session; a LimitError when the session already runs `cap`."""
         with self._lock:
-            self._events[session] = event = threading.Event()
+            events = self._events.setdefault(session, [])
+            live = sum(not event.is_set() for event in events)
+            if self.cap is not None and live >= self.cap:
+                if not events:
+                    del self._events[session]
+                raise LimitError(f"This session already has {live} turns running; the limit is {self.cap}. "
+                                 "Wait for one to finish (or press Stop) and try again.")
+            events.append(event := threading.Event())
             return event
 
     def current(self, session: str) -> threading.Event:
-        """The session's event if one was made (and not yet stopped), else a new one."""
+        """The session's latest event if one was made (and not yet stopped), else a new one."""
         with self._lock:
-            event = self._events.get(session)
-            if event is None:
-                self._events[session] = event = threading.Event()
-            return event
+            events = self._events.setdefault(session, [])
+            if not events:
+                events.append(threading.Event())
+            return events[-1]
 
     def stop(self, session: str, keep: bool = False) -> None:
-        """Set the session's event; `keep` leaves it registered (an audit armed but still queued finds it set
-        when it starts)."""
+        """Set the session's events; `keep` leaves them registered (an audit armed but still queued finds its
+        event set when it starts)."""
         with self._lock:
-            event = self._events.get(session) if keep else self._events.pop(session, None)
-        if event is not None:
+            events = list(self._events.get(session, ())) if keep else self._events.pop(session, [])
+        for event in events:
             event.set()
 
     def release(self, session: str, event: threading.Event) -> None:
-        """Forget the session's event if it is still `event` (its run has ended)."""
+        """Forget the event (its turn has ended)."""
         with self._lock:
-            if self._events.get(session) is event:
-                del self._events[session]
+            events = self._events.get(session, [])
+            if event in events:
+                events.remove(event)
+            if not events:
+                self._events.pop(session, None)
+
+    def __len__(self) -> int:
+        """Events held, all sessions together."""
+        with self._lock:
+            return sum(len(events) for events in self._events.values())
 
 
 class UpdatePacer:

@@ -83,6 +83,7 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
         _compare_api(controller.compare if gpu_decorator is None else gpu_decorator(controller.compare),
                      chat_tab.settings)
     demo.saferdemo_media = controller.media_dir  # launch() lets Gradio serve the chat's copies of uploads
+    demo.saferdemo_controller = controller  # its media folder and stop registry, for tests and benchmarks
     return demo
 
 
