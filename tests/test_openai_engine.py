@@ -250,7 +250,7 @@ def test_a_client_that_leaves_ends_its_generation(endless_server):
             next(lines)
         before = _cpu_seconds(process.pid)
         time.sleep(1.5)
-        assert _cpu_seconds(process.pid) - before > 0.5  # generating while the client is there
+        assert _cpu_seconds(process.pid) - before > 0.2  # generating while the client is there (0.2: a busy machine)
     time.sleep(1.0)  # the server notices at its next token
     before = _cpu_seconds(process.pid)
     time.sleep(1.5)
