@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 from pathlib import Path
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--span-mode", choices=("schema", "separate"), default="schema",
                        help="judge reasoning and answer within one judgement (schema) or in separate calls")
+    audit.add_argument("--concurrency", type=int, default=1, help="responses in flight at once (default 1); "
+                       "the records are the same at any value, and a resume may change it")
+    audit.add_argument("--judge-concurrency", type=int, default=None,
+                       help="judge calls in flight at once (default: as many as --concurrency)")
     for sub in (serve, compare, audit, replay):
         sub.add_argument("--base", help="base model (folder or hub id); env SAFERDEMO_BASE")
         sub.add_argument("--aligned", help="aligned model; env SAFERDEMO_ALIGNED")
@@ -79,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     urls = {role: getattr(args, f"{role}_url") for role in ("base", "aligned", "grm")}
     choice = ModelChoice.resolve(args.base, args.aligned, args.grm, urls, args.backend, args.api_key_env,
                                  not args.no_batching)
+    if args.command == "replay" and _check_bundle(args.bundle):
+        return 2  # a bundle that cannot be replayed is refused before any model loads
     gpu = zero_gpu() if args.command == "serve" else None
     device = "cuda" if gpu else args.device  # ZeroGPU: models go to the GPU at start-up, as Spaces expects
     try:
@@ -108,8 +115,11 @@ def _audit(args, columns, judge) -> int:
             print("saferdemo: --columns goes with --dataset hf:PATH (without a #mapping of its own)", file=sys.stderr)
             return 2
         args.dataset = f"{args.dataset}#{args.columns}"
+    if args.concurrency < 1 or (args.judge_concurrency is not None and args.judge_concurrency < 1):
+        print("saferdemo: --concurrency and --judge-concurrency must be at least 1", file=sys.stderr)
+        return 2
     config = AuditConfig(args.dataset, args.limit, categories, args.max_new_tokens, args.temperature, args.seed,
-                         args.span_mode)
+                         args.span_mode, args.concurrency, args.judge_concurrency)
     problems: list[str] = []
     try:
         items = load_dataset(args.dataset, categories, args.limit, problems)
@@ -121,11 +131,16 @@ def _audit(args, columns, judge) -> int:
     if not items:
         print(f"saferdemo: {args.dataset} has no usable items", file=sys.stderr)
         return 2
+    if args.concurrency > 1:
+        share_cpu_cores(columns, judge)  # the models' workers run at once
     try:
         summary = run_audit({name: column.engine for name, column in columns.items()}, judge, items, args.out, config)
     except ResumeMismatch as error:
         print(f"saferdemo: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # every finished record is on disk, none of the unfinished: the folder resumes
+        print(f"\nsaferdemo: interrupted; run the same command again to resume into {args.out}", file=sys.stderr)
+        return 130
     for name, m in summary["models"].items():
         asr, over = m["asr"], m["over_refusal"]
         score = m["safety_score"]["mean"]
@@ -148,6 +163,8 @@ def _serve(args, choice, columns, judge, gpu) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # request lines would repeat every URL
     titles = choice.titles()
     share_cpu_cores(columns, judge)  # the server runs its models' workers at once
+    # SIGTERM (a container's stop) exits like Ctrl-C, so the media folder is deleted at exit (atexit).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         launch(build_app(columns, judge, titles, gpu_decorator=gpu), titles, args.host, args.port,
                batched=choice.batching)
@@ -203,21 +220,35 @@ def _export(folder: Path, prompt: str, images, params, loops, report: dict, colu
     print(f"wrote {folder / 'comparison.html'} and {folder / 'bundle.json'}", file=sys.stderr)
 
 
+def _check_bundle(path: Path) -> bool:
+    """Whether the bundle is refused (and why, printed) by the checks that need no model."""
+    from saferdemo.app.replay import BundleError, checked_turns, read_bundle
+
+    try:
+        checked_turns(read_bundle(path), dict.fromkeys(("base", "aligned")))
+    except BundleError as error:
+        print(f"saferdemo: {error}", file=sys.stderr)
+        return True
+    return False
+
+
 def _replay(args, columns, judge) -> int:
-    from saferdemo.app.export import read_bundle, replay
+    """0: identical; 1: differences (the models' fingerprints included); 2: not a usable bundle, with why."""
+    from saferdemo.app.replay import BundleError, read_bundle, replay
 
     try:
         bundle = read_bundle(args.bundle)
-    except (OSError, ValueError) as error:
+        differences = replay(bundle, columns, judge)  # every turn is checked before the first one runs
+    except BundleError as error:
         print(f"saferdemo: {error}", file=sys.stderr)
         return 2
-    differences = replay(bundle, columns, judge)
     if args.json:
         print(json.dumps({"turns": len(bundle["turns"]), "differences": differences}, indent=2))
     elif not differences:
         print(f"identical: {len(bundle['turns'])} turn(s) replayed, every column's output and judgement the same")
     for d in [] if args.json else differences:
-        print(f"turn {d['turn']} {d['column']} {d['field']}:\n  before: {d['before']!r}\n  after:  {d['after']!r}")
+        where = "models" if d["turn"] is None else f"turn {d['turn']}"
+        print(f"{where} {d['column']} {d['field']}:\n  before: {d['before']!r}\n  after:  {d['after']!r}")
     return 0 if not differences else 1
 
 

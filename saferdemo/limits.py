@@ -154,6 +154,13 @@ def turn(text: str, n_images: int, held_images: int, turns: int, limits: Limits 
         raise LimitError(f"This conversation has reached {limits.turns} turns. Press Clear to start a new one.")
 
 
+def tokens(columns: dict, text: str) -> int:
+    """The text's length in tokens for the local column that counts it longest (0 when none is local)."""
+    processors = [getattr(getattr(column, "engine", None), "processor", None) for column in columns.values()]
+    tokenizers = [getattr(p, "tokenizer", p) for p in processors if p is not None]
+    return max((len(t(text, add_special_tokens=False)["input_ids"]) for t in tokenizers), default=0)
+
+
 def image(source: str | Path | bytes, limits: Limits = DEFAULT, name: str = "the image") -> Image.Image:
     """An image as a conversation keeps it: a file or bytes, checked (size, pixels, shape) and decoded once,
     then shrunk to `kept_pixels`."""

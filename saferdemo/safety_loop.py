@@ -107,7 +107,8 @@ class Turn:
         label = None if result is None else ("unverified" if result.judgement is None else result.judgement.verdict)
         return {"label": label, "reward": None if result is None or result.reward is None else round(result.reward, 4),
                 "flagged": self.flagged, "reflected": self.reflected, "outcome": self.outcome, "kept": self.kept,
-                "reason": self.kept_reason or None, "stopped": self.stopped, "strip": strip_text(self)}
+                "reason": self.kept_reason or None, "stopped": self.stopped, "strip": strip_text(self),
+                "tone": (strip_parts(self) or [(None, None)])[-1][1]}  # the strip's colour: safe, unsafe, unknown
 
     def as_dict(self) -> dict:
         """Everything the turn produced, as JSON-ready data (the CLI's --json, exports)."""
@@ -176,15 +177,14 @@ def strip_parts(turn: Turn) -> list[tuple[str, str | None]]:
     empty until the turn is done. Every ended turn has one."""
     if turn.phase != "done":
         return []
-    draft = turn.draft_judge
-    if draft is None:
+    if (draft := turn.draft_judge) is None:
         why = "stopped" if turn.stopped else "error" if turn.error else "no GRM"
         return [(f"draft: not judged ({why})", "unknown")]
     if not turn.reflected:
         if turn.flagged and turn.stopped:
             return [(f"draft: {short_verdict(draft)}", tone(draft)), ("flagged", None), ("stopped", None)]
-        suffix = " · flagged (safety loop off)" if turn.flagged else ""
-        return [(f"GRM: {short_verdict(draft)}{suffix}", tone(draft))]
+        suffix = " · flagged (safety loop off)" if turn.flagged else ""  # flagged and not reflected: red (issue 25)
+        return [(f"GRM: {short_verdict(draft)}{suffix}", "unsafe" if turn.flagged else tone(draft))]
     parts = [(f"draft: {short_verdict(draft)}", tone(draft)), ("reflected", None)]
     outcome = turn.outcome
     if outcome == "corrected":

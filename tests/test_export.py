@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from saferdemo.app.controller import ChatController
-from saferdemo.app.export import read_bundle, replay
+from saferdemo.app.replay import read_bundle, replay
 from saferdemo.app.models import ModelChoice, load_models
 from saferdemo.app.state import Conversation
 

@@ -25,6 +25,7 @@ from saferdemo.app.observability import log_turn, turn_record
 from saferdemo.app.pending import PendingHold
 from saferdemo.app.render import cut_last_turn, judgement_records, turn_messages, user_messages
 from saferdemo.app.session import Column, Comparison, Exchange, in_column_order
+from saferdemo.limits import tokens as count_tokens
 from saferdemo.app.state import (COLUMN_NAMES, Conversation, Limits, Pending, StopRegistry, UpdatePacer, clean_text,
                                  session_of)
 from saferdemo.safety_loop import Turn
@@ -277,14 +278,7 @@ class ChatController:
 
     def _prompt_tokens(self, text: str) -> int:
         """The message's length in tokens for the column that counts it longest (0 for remote columns)."""
-        counts = [len(tokenizer(text, add_special_tokens=False)["input_ids"])
-                  for tokenizer in self._tokenizers]
-        return max(counts, default=0)
-
-    @property
-    def _tokenizers(self) -> list:
-        processors = [getattr(column.engine, "processor", None) for column in self.columns.values()]
-        return [getattr(p, "tokenizer", p) for p in processors if p is not None]
+        return count_tokens(self.columns, text)
 
     def _audit_folder(self, keep: int = 8) -> Path:
         return self.media.audit_folder(keep)

@@ -5,7 +5,8 @@ its generation settings and seed, each column's safety-loop settings, and what e
 reflection, answers, both judgements, timings); plus the models (names and weight fingerprints), the judge's
 rubric and the library versions. The page shows the same (images embedded, an inline SVG chart of the
 rewards) and embeds the bundle in a `<script type="application/json" id="saferdemo-bundle">`, so the one file
-the Export button downloads is both what a colleague reads and what `saferdemo replay FILE` re-runs.
+the Export button downloads is both what a colleague reads and what `saferdemo replay FILE` re-runs
+(saferdemo/app/replay.py, which trusts nothing in it).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def make_bundle(exchanges, columns: dict, judge, titles: dict[str, str]) -> dict
 
 
 def write_page(bundle: dict, path) -> None:
-    data = json.dumps(bundle).replace("</", "<\\/")  # nothing in the data can close the script element
+    # No "<" in the data at all (nor ">" or "&"): "</script>" cannot close the element and "<!--<script>" cannot
+    # leave it open for the browser (its script-data escape states need a "<"). JSON reads the escapes back.
+    data = json.dumps(bundle).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     body = "\n".join(_turn_html(i + 1, turn) for i, turn in enumerate(bundle["turns"]))
     models = " · ".join(f"{name}: {html.escape(m['name'])}" for name, m in bundle["models"].items())
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>saferdemo comparison</title>
@@ -53,21 +56,6 @@ img{{max-width:320px}}.strip{{font-weight:bold;margin:.5em 0}}details{{margin:.3
 <p>Replay: <code>saferdemo replay THIS_FILE</code> re-runs every turn and reports where the new run differs.</p>
 {BUNDLE_TAG}{data}</script></body></html>"""
     path.write_text(page)
-
-
-def read_bundle(path) -> dict:
-    """A bundle from an exported page or a bundle.json."""
-    text = path.read_text()
-    if BUNDLE_TAG in text:
-        text = text.split(BUNDLE_TAG, 1)[1].split("</script>", 1)[0].replace("<\\/", "</")
-    bundle = json.loads(text)
-    if bundle.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a saferdemo bundle ({FORMAT})")
-    return bundle
-
-
-def images_of(turn: dict) -> list[Image.Image]:
-    return [Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB") for data in turn["images"]]
 
 
 def _png(image: Image.Image) -> str:
@@ -127,7 +115,7 @@ def _column_html(name: str, r: dict) -> str:
                   answer("revision", r["revision"]["answer"]), judged("GRM (corrected)", r["final_judgement"])]
     if verdict.get("strip"):
         why = f" Kept the {kept}: {html.escape(verdict['reason'])}." if r["reflected"] and verdict.get("reason") else ""
-        tone = {"safe": "sd-safe", "unsafe": "sd-unsafe"}.get(verdict.get("label") or "", "sd-unknown")
+        tone = {"safe": "sd-safe", "unsafe": "sd-unsafe"}.get(verdict.get("tone") or verdict.get("label") or "", "sd-unknown")
         parts.append(f'<p class="strip"><span class="{tone}">{html.escape(verdict["strip"])}</span>{why}</p>')
     if r.get("stopped"):
         parts.append(f"<p>Stopped{' while ' + html.escape(r['stopped_in']) if r.get('stopped_in') else ''}.</p>")
@@ -162,48 +150,3 @@ def _chart(bundle: dict) -> str:
             f'<text x="0" y="14" font-size="12">GRM reward per turn (○ draft, ■ corrected): {legend}</text>'
             f'<text x="10" y="{height - 36}" font-size="10">0</text><text x="10" y="24" font-size="10">1</text>'
             f'{"".join(marks)}</svg>')
-
-
-# ---------------------------------------------------------------- replay
-
-COMPARED = (("draft", "think"), ("draft", "answer"), ("reflected",), ("revision", "reflection"),
-            ("revision", "answer"), ("draft_judgement", "judgement"), ("final_judgement", "judgement"),
-            ("final_answer",), ("verdict", "strip"))
-
-
-def replay(bundle: dict, columns: dict, judge) -> list[dict]:
-    """Run every turn of the bundle again (each in its recorded context) and list where the new run differs."""
-    from saferdemo.app.session import Comparison, Exchange
-    from saferdemo.engines.base import GenerationParams
-    from saferdemo.safety_loop import LoopConfig
-
-    comparison = Comparison([columns[name] for name in ("base", "aligned")], judge)
-    history, differences = [], []
-    for number, turn in enumerate(bundle["turns"], start=1):
-        images, settings = images_of(turn), turn["settings"]
-        loops = {name: LoopConfig(**config) for name, config in settings["loops"].items()}
-        final = {}
-        for name, snapshot in comparison.run(history, turn["text"], images, GenerationParams(**settings["params"]),
-                                             loops=loops):
-            final[name] = snapshot
-        for name, old in turn["results"].items():
-            differences += _differences(number, name, old, final[name].as_dict())
-        history.append(Exchange(turn["text"], images, {n: r["final_answer"] for n, r in turn["results"].items()}))
-    return differences
-
-
-def _differences(number: int, column: str, old: dict, new: dict) -> list[dict]:
-    found = []
-    for path in COMPARED:
-        if path[0] not in old:  # a field bundles from before did not record
-            continue
-        before, after = _get(old, path), _get(new, path)
-        if before != after:
-            found.append({"turn": number, "column": column, "field": ".".join(path), "before": before, "after": after})
-    return found
-
-
-def _get(data: dict, path: tuple):
-    for key in path:
-        data = data.get(key) if isinstance(data, dict) else None
-    return data

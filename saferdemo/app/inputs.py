@@ -6,8 +6,11 @@ that message through the API), never a bare exception with none.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Any
 
 import gradio as gr
+from gradio.components.multimodal_textbox import MultimodalData
+from gradio.data_classes import FileData, GradioModel
 from PIL import Image
 
 from saferdemo import limits as checks
@@ -86,3 +89,38 @@ def open_image(path: str, limits: Limits = DEFAULT) -> Image.Image:
     """An upload decoded once and kept at `kept_pixels`, or a gr.Error saying why it cannot be used."""
     with refused():
         return checks.image(path, limits)
+
+
+class _AnyMessage(GradioModel):
+    """Whatever a program sent as the message: checked by `Message.preprocess`, not refused unexplained."""
+
+    text: Any = ""
+    files: Any = None
+
+
+class Message(gr.MultimodalTextbox):
+    """The multimodal textbox (the chat's and `/compare`'s) with its input checked here: Gradio's own check of
+    its data model answered `files: null` or `text: 123` with an error that carried no message. Uploads are
+    still Gradio's (moved into its cache and checked to be uploads before this runs); the API's schema is the
+    textbox's, so clients see no difference."""
+
+    is_template = True  # the frontend is the multimodal textbox's
+    data_model = _AnyMessage
+
+    def api_info(self) -> dict:
+        return MultimodalData.model_json_schema()
+
+    def preprocess(self, payload) -> dict | None:
+        if payload is None:
+            return None
+        files = [] if payload.files is None else payload.files
+        if not isinstance(files, list):
+            raise gr.Error(f"The message's files must be a list of uploaded files, got {type(files).__name__}.")
+        try:
+            files = [FileData.model_validate(f, context={"validate_meta": True}) for f in files]
+        except ValueError:
+            raise gr.Error("Each attached file must be an uploaded file (gradio_client: handle_file(path)).") from None
+        text = "" if payload.text is None else payload.text
+        if not isinstance(text, str):
+            raise gr.Error(f"The message's text must be a string, got {type(text).__name__} {checks.short(text)}.")
+        return super().preprocess(MultimodalData(text=text, files=files))

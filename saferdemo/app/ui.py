@@ -14,7 +14,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from saferdemo.app.card_maker import card_maker
 from saferdemo.app.controller import SEED_MAX, ChatController, stop_button
+from saferdemo.app.inputs import Message
 from saferdemo.app.observability import health
 from saferdemo.app.session import Column
 from saferdemo.app.state import Conversation, Limits
@@ -152,7 +154,7 @@ def about(titles: dict[str, str]) -> str:
 
 def _compare_api(compare, settings: list) -> None:
     """`/compare` for programs (README: "The API"): hidden components, so the endpoint has typed inputs."""
-    message = gr.MultimodalTextbox(visible=False, file_types=["image"], file_count="multiple")
+    message = Message(visible=False, file_types=["image"], file_count="multiple")
     result = gr.JSON(visible=False)
     gr.Button(visible=False).click(compare, [message, *settings], result, api_name="compare")
 
@@ -164,12 +166,13 @@ def _chat_tab(titles) -> _ChatTab:
         chat_base = gr.Chatbot(label=f"Base · {titles['base']}", height=500, elem_id="chat-base", elem_classes="sd-chat")
         chat_aligned = gr.Chatbot(label=f"SaFeR-aligned · {titles['aligned']}", height=500, elem_id="chat-aligned",
                                   elem_classes="sd-chat")
-    box = gr.MultimodalTextbox(file_types=["image"], file_count="multiple", placeholder="Ask about an image…",
+    box = Message(file_types=["image"], file_count="multiple", placeholder="Ask about an image…",
                                show_label=False, elem_id="prompt")
     examples = _examples()
     if examples:  # right under the textbox: on the first screen, above anything empty
         gr.Examples(examples=[e for e, _ in examples], inputs=[box], label="Examples (FigStep-style cards)",
                     example_labels=[label for _, label in examples], elem_id="examples")
+    card_maker(box)  # type an instruction, get a FigStep-format card attached to the message (issue 23)
     with gr.Row():
         stop_btn = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False)  # enabled while a turn runs
         regen_btn = gr.Button("Regenerate", elem_id="regenerate")
