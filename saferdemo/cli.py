@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 
 from saferdemo.app.models import ModelChoice, load_models, share_cpu_cores, zero_gpu
+from saferdemo.attack import add_parser as attack_parser, precheck as attack_precheck, run as run_attack
 from saferdemo.app.session import Comparison, in_column_order
 from saferdemo.engines.base import EngineError, GenerationParams
 from saferdemo.images import InputError, load_image
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                        "the records are the same at any value, and a resume may change it")
     audit.add_argument("--judge-concurrency", type=int, default=None,
                        help="judge calls in flight at once (default: as many as --concurrency)")
-    for sub in (serve, compare, audit, replay):
+    for sub in (serve, compare, audit, replay, attack_parser(commands)):
         sub.add_argument("--base", help="base model (folder or hub id); env SAFERDEMO_BASE")
         sub.add_argument("--aligned", help="aligned model; env SAFERDEMO_ALIGNED")
         sub.add_argument("--grm", help="judge model, or 'none'; env SAFERDEMO_GRM")
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                                  not args.no_batching)
     if args.command == "replay" and _check_bundle(args.bundle):
         return 2  # a bundle that cannot be replayed is refused before any model loads
+    if args.command == "attack" and (code := attack_precheck(args)) is not None:
+        return code  # --list, or a mistake in the sweep's arguments, before any model loads
     gpu = zero_gpu() if args.command == "serve" else None
     device = "cuda" if gpu else args.device  # ZeroGPU: models go to the GPU at start-up, as Spaces expects
     try:
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args, choice, columns, judge, gpu)
     if args.command == "audit":
         return _audit(args, columns, judge)
+    if args.command == "attack":
+        return run_attack(args, columns, judge)
     if args.command == "replay":
         return _replay(args, columns, judge)
     return _compare(args, columns, judge, choice.titles())

@@ -1,5 +1,6 @@
 """An audit item: an image (a file, bytes, a card rendered on demand, or none), a prompt, a category and whether
-the request is harmful; optionally where it comes from in a published benchmark (`scenario`, `attack`).
+the request is harmful; optionally where it comes from in a published benchmark (`scenario`, `attack`) or which
+variant of an attack sweep it is (`variant`).
 
 Its own module so the dataset adapters (saferdemo/audit/adapters.py) and the loaders (datasets.py) share it
 without importing each other. `tags()` is what an item adds to its records in items.jsonl: only the optional
@@ -32,6 +33,7 @@ class Item:
     look_alike: bool = False
     scenario: str | None = None  # the benchmark's own scenario (MM-SafetyBench "01-Illegal_Activitiy", ...)
     attack: str | None = None  # how the request is posed: "vanilla", "text", "SD", "SD_TYPO", "TYPO", "unsafes", ...
+    variant: str | None = None  # an attack sweep's variant (saferdemo/audit/sweep.py): "world card", "JPEG q=10", ...
 
     def image(self) -> Image.Image | None:
         if self.image_path is not None:
@@ -46,7 +48,8 @@ class Item:
 
     def tags(self) -> dict:
         """The optional provenance fields that are set, for the item's records."""
-        return {key: value for key, value in (("scenario", self.scenario), ("attack", self.attack)) if value is not None}
+        return {key: value for key, value in (("scenario", self.scenario), ("attack", self.attack),
+                                              ("variant", self.variant)) if value is not None}
 
 
 def checked_prompt(value, where: str) -> str:

@@ -147,7 +147,9 @@ def _answer(record: dict | None) -> str:
     return f"<b>{verdict}</b><br>{html.escape(record['answer'][:400])}"
 
 
-def write_report(summary: dict, records: list[dict], path: Path, thumbnails: dict[str, str] | None = None) -> None:
+def write_report(summary: dict, records: list[dict], path: Path, thumbnails: dict[str, str] | None = None,
+                 extra: str = "") -> None:
+    """`extra`: more HTML after the charts (an attack sweep's per-variant section, saferdemo/audit/sweep_run.py)."""
     figures = [category_figure(summary), quadrant_figure(summary), score_figure(records)]
     charts = "".join(f.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, f in enumerate(figures))
     paired = summary.get("paired")
@@ -165,7 +167,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}</style></head>
 <h1>saferdemo audit</h1>{settings_table(summary["config"])}
 <p>Judge errors and load errors are counted, not hidden ({summary['errors']} load errors). Categories with
 fewer than {SMALL_N} judged items are marked "small".</p>
-{metrics_table(summary)}{paired_html}{table_html(summary.get("safemlrm"))}{charts}
+{metrics_table(summary)}{paired_html}{table_html(summary.get("safemlrm"))}{charts}{extra}
 <h2>Every item</h2>{items_table(records, thumbnails or {})}
 <h2>Definitions</h2><pre>{definitions}</pre></body></html>
 """)
