@@ -13,12 +13,11 @@ judge the reasoning span and the answer span on their own, as SafeMLRM does with
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import queue
 import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +26,8 @@ from tqdm import tqdm
 from saferdemo.audit.datasets import Item
 from saferdemo.audit.metrics import by_category, mcnemar, summarize
 from saferdemo.audit.paper import safemlrm_table
+from saferdemo.audit.pool import run_units
+from saferdemo.audit.progress import Progress  # noqa: F401 (the app's Audit tab imports it from here)
 from saferdemo.engines.base import Engine, EngineError, GenerationParams
 from saferdemo.images import InputError
 from saferdemo.judge import GRMClient, JudgeResult
@@ -44,6 +45,8 @@ class AuditConfig:
     temperature: float = 0.0
     seed: int = 0
     span_mode: str = "schema"  # schema | separate
+    concurrency: int = 1  # responses generating at once; not a record setting: a resume may change it
+    judge_concurrency: int | None = None  # responses being judged at once (None: as many as generating)
 
 
 class ResumeMismatch(ValueError):
@@ -93,9 +96,13 @@ def check_resumable(out_dir: Path, wanted: dict) -> None:
 
 def run_audit(models: dict[str, Engine], judge: GRMClient, items: list[Item], out_dir: str | Path,
               config: AuditConfig, progress=None, stop: threading.Event | None = None) -> dict:
-    """Answer, judge and record every (item, model); then summarise. `progress(done, total)` is optional; setting
-    `stop` ends the audit after the response in progress, and the summary covers what was done (`stopped`).
+    """Answer, judge and record every (item, model), `config.concurrency` generating at once, each judged as it
+    finishes (`config.judge_concurrency` at once: audit/pool.py); then summarise.
+    `progress(done, total)` is optional; setting `stop` ends the audit after the responses in flight, and the
+    summary covers what was done (`stopped`). Ctrl-C leaves every finished record and none of the unfinished.
     Resuming into a folder is refused (ResumeMismatch) when its records were made with other settings."""
+    if config.concurrency < 1 or (config.judge_concurrency is not None and config.judge_concurrency < 1):
+        raise ValueError("concurrency must be at least 1")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_resumable(out_dir, run_settings(models, judge, config))
@@ -103,20 +110,26 @@ def run_audit(models: dict[str, Engine], judge: GRMClient, items: list[Item], ou
     records = _resume(path)
     done = {(r["id"], r["model"]) for r in records}
     todo = [(item, name) for item in items for name in models if (item.id, name) not in done]
-    params = GenerationParams(config.max_new_tokens, config.temperature, seed=config.seed)
+    params = decoding(config)
+    gate = _sampling_gate(params)
+
+    def answer(unit, abort):
+        item, name = unit
+        return answer_one(models[name], item, name, params, abort, gate if _in_process(models[name]) else None)
+
     with path.open("a") as sink, tqdm(total=len(items) * len(models), initial=len(items) * len(models) - len(todo),
-                                      desc="audit", unit="response") as bar:
-        for item, name in todo:
-            if stop is not None and stop.is_set():
-                break
-            record = audit_one(models[name], judge, item, name, params, config.span_mode)
-            sink.write(json.dumps(record) + "\n")
+                                      desc="audit", unit="response", dynamic_ncols=True) as bar:
+        def record(one: dict) -> None:
+            sink.write(json.dumps(one) + "\n")
             sink.flush()
             os.fsync(sink.fileno())
-            records.append(record)
+            records.append(one)
             bar.update()
             if progress:
                 progress(bar.n, bar.total)
+
+        run_units(todo, answer, lambda answered, abort: judge_answer(judge, answered, config.span_mode, abort),
+                  record, config.concurrency, config.judge_concurrency or config.concurrency, stop)
     wanted = {item.id for item in items}
     records = [r for r in records if r["id"] in wanted and r["model"] in models]
     summary = summarize_audit(records, list(models), config)
@@ -127,60 +140,6 @@ def run_audit(models: dict[str, Engine], judge: GRMClient, items: list[Item], ou
 
     write_report(summary, records, out_dir / "report.html", thumbnails(items))
     return summary
-
-
-class Progress:
-    """An audit's progress for a UI: `run` runs the audit on a thread and yields a line after every response,
-    with the time left estimated from this run's own pace (never an earlier run's). Afterwards `summary` holds
-    the audit's summary, or `error` what went wrong."""
-
-    def __init__(self, total: int):
-        self.total, self.done = total, 0
-        self.started = time.perf_counter()
-        self.summary: dict | None = None
-        self.error: str | None = None
-        self._made = 0  # responses made by this run (a resumed folder starts with some done)
-        self._first: tuple[float, int] | None = None  # (time, done) at the first report of this run
-
-    def line(self) -> str:
-        elapsed = time.perf_counter() - self.started
-        text = f"**Audit: {self.done}/{self.total} responses** · {_clock(elapsed)} elapsed"
-        if self._first is not None and self.done > self._first[1] and self.done < self.total:
-            since, done_then = self._first
-            pace = (time.perf_counter() - since) / (self.done - done_then)
-            text += f" · about {_clock(pace * (self.total - self.done))} left"
-        elif self.done == 0:
-            text += " · starting (loading the items, then the first response)"
-        return text
-
-    def run(self, audit):
-        """`audit(report)` runs the audit, calling `report(done, total)`; yields a progress line per report."""
-        updates: queue.Queue = queue.Queue()
-
-        def report(done: int, total: int) -> None:
-            updates.put((done, total))
-
-        def work():
-            try:
-                self.summary = audit(report)
-            except Exception as error:  # noqa: BLE001 (shown to the user, not swallowed)
-                self.error = f"{type(error).__name__}: {error}"
-            finally:
-                updates.put(None)
-
-        thread = threading.Thread(target=work, name="audit", daemon=True)
-        thread.start()
-        while (update := updates.get()) is not None:
-            self.done, self.total = update
-            if self._first is None:
-                self._first = (self.started, 0) if self.done == 1 else (time.perf_counter(), self.done)
-            yield self.line()
-        thread.join()
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def thumbnails(items: list[Item], size: int = 96) -> dict[str, str]:
@@ -218,25 +177,62 @@ def _resume(path: Path) -> list[dict]:
     return records
 
 
+def decoding(config: AuditConfig) -> GenerationParams:
+    """The models' decoding. Greedy decoding (temperature 0) ignores the seed, so its requests go unseeded and
+    may share a running batch; a seed matters only when sampling."""
+    return GenerationParams(config.max_new_tokens, config.temperature,
+                            seed=config.seed if config.temperature > 0 else None)
+
+
+def _in_process(engine: Engine) -> bool:
+    return hasattr(getattr(engine, "model", None), "state_dict")
+
+
+def _sampling_gate(params: GenerationParams):
+    """Seeded sampling in this process runs one generation at a time: torch's random generator is the process's
+    own (a second seeded generation would reseed it mid-stream), and a seeded row batched with others draws
+    other numbers. So a seeded sample is the same at any concurrency, as it is at concurrency 1."""
+    return threading.Lock() if params.seed is not None else contextlib.nullcontext()
+
+
 def audit_one(engine: Engine, judge: GRMClient, item: Item, model: str, params: GenerationParams,
-              span_mode: str = "schema") -> dict:
+              span_mode: str = "schema", stop: threading.Event | None = None, gate=None) -> dict:
+    """One (item, model) record: the model answers, the judge judges. `stop` ends its generations at the next
+    token (the caller then drops the record); `gate` is held while the model generates."""
+    return judge_answer(judge, answer_one(engine, item, model, params, stop, gate), span_mode, stop)
+
+
+def answer_one(engine: Engine, item: Item, model: str, params: GenerationParams,
+               stop: threading.Event | None = None, gate=None) -> tuple[dict, Item, object]:
+    """The model's part of a record: (record so far, item, image); the record is whole if it failed."""
     record = {"id": item.id, "model": model, "category": item.category, "harmful": item.harmful,
               "look_alike": item.look_alike, "prompt": item.prompt, "error": None, **item.tags()}
     try:
         image = item.image()
-        generation = engine.start([user_turn(item.prompt, with_image=image is not None)],
-                                  [image] if image else [], params, threading.Event())
-        response = "".join(generation)
+        with gate or contextlib.nullcontext():
+            generation = engine.start([user_turn(item.prompt, with_image=image is not None)],
+                                      [image] if image else [], params, stop or threading.Event())
+            response = "".join(generation)
     except (InputError, EngineError) as error:
-        return {**record, **_failed(str(error))}
+        return {**record, **_failed(str(error))}, item, None
     segments = parse(response, generation.think_prefilled, done=True)
-    full = judge.judge(image, item.prompt, response)
     record.update(response=response, think=segments.think, answer=segments.answer,
                   truncated=segments.truncated or (generation.stats.finish_reason == "length" and not segments.answer),
-                  tokens=generation.stats.tokens, judgement=full.as_dict(), **_verdicts(full, judge.reward_config))
+                  tokens=generation.stats.tokens)
+    return record, item, image
+
+
+def judge_answer(judge: GRMClient, answered: tuple[dict, Item, object], span_mode: str = "schema",
+                 stop: threading.Event | None = None) -> dict:
+    """The judge's part: the answer's judgement and verdicts (and the spans' in "separate" mode)."""
+    record, item, image = answered
+    if record["error"] is not None:
+        return record
+    full = judge.judge(image, item.prompt, record["response"], stop)
+    record.update(judgement=full.as_dict(), **_verdicts(full, judge.reward_config))
     if span_mode == "separate" and full.judgement is not None:
-        reasoning = judge.judge(image, item.prompt, format_response(segments.think, ""))
-        answer = judge.judge(image, item.prompt, segments.answer)
+        reasoning = judge.judge(image, item.prompt, format_response(record["think"], ""), stop)
+        answer = judge.judge(image, item.prompt, record["answer"], stop)
         record["span_judgements"] = {"reasoning": reasoning.as_dict(), "answer": answer.as_dict()}
         if reasoning.judgement is not None:
             record["reasoning_unsafe"] = reasoning.unsafe
