@@ -19,6 +19,7 @@ from saferdemo.app.controller import SEED_MAX, ChatController, stop_button
 from saferdemo.app.inputs import Message
 from saferdemo.app.observability import health
 from saferdemo.app.session import Column
+from saferdemo.app.workbench import attack_workbench
 from saferdemo.app.state import Conversation, Limits
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "assets" / "examples"
@@ -80,6 +81,7 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
             # Ends the audit after its current response; the audit itself then shows the partial run, headed
             # "Cancelled" (cancelling its event instead would drop that last update).
             cancel_btn.click(controller.cancel_audit, None, None, api_name="cancel_audit")
+        attack_workbench(controller, gpu_decorator)  # the Attack workbench tab (issue 27)
         chat_tab.gpu = gpu_decorator
         chat_tab.wire(controller)
         _compare_api(controller.compare if gpu_decorator is None else gpu_decorator(controller.compare),

@@ -199,8 +199,9 @@ class Sweep:
     pool: str = "look-alike"
 
     def spec(self) -> dict:
-        return {"pool": self.pool, "variants": [asdict(v) for v in self.variants],
-                "pairs": [{"instruction": asdict(r), "control": asdict(c)} for r, c in zip(self.requests, self.controls)]}
+        """What was swept, as JSON reads it back (colours as lists): summary.json's `sweep`, sweep.json."""
+        return json.loads(json.dumps({"pool": self.pool, "variants": [asdict(v) for v in self.variants], "pairs": [
+            {"instruction": asdict(r), "control": asdict(c)} for r, c in zip(self.requests, self.controls)]}))
 
     def dataset(self) -> str:
         """The run's dataset name: the sweep's hash, so a resume with another sweep is refused."""
