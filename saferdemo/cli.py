@@ -58,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--span-mode", choices=("schema", "separate"), default="schema",
                        help="judge reasoning and answer within one judgement (schema) or in separate calls")
-    audit.add_argument("--concurrency", type=int, default=1, help="responses generating at once, each judged as it ends (default 1); "
-                       "the records are the same at any value, and a resume may change it")
+    audit.add_argument("--concurrency", type=int, default=1, help="items in flight: their responses (one per "
+                       "model) generate at once, each judged as it ends (default 1); the records are the same at "
+                       "any value, and a resume may change it")
     audit.add_argument("--judge-concurrency", type=int, default=None,
-                       help="responses being judged at once (default: as many as --concurrency)")
+                       help="responses being judged at once (default: as many as generate at once)")
     for sub in (serve, compare, audit, replay, attack_parser(commands)):
         sub.add_argument("--base", help="base model (folder or hub id); env SAFERDEMO_BASE")
         sub.add_argument("--aligned", help="aligned model; env SAFERDEMO_ALIGNED")

@@ -222,14 +222,14 @@ def wait_for_lines(path, n, process, timeout=300):
 
 def test_sigkill_during_a_concurrent_audit_then_resume_records_every_item_exactly_once(tmp_path):
     items = tmp_path / "items.jsonl"
-    process = subprocess.Popen(audit_command(tmp_path, 6), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(audit_command(tmp_path, 3), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_lines(items, 5, process)
     os.kill(process.pid, signal.SIGKILL)  # mid-run: several responses generating, others being judged
     process.wait()
     finished = [json.loads(line) for line in items.read_text().splitlines() if line.strip().endswith("}")]
     assert 5 <= len(finished) < 24
     items.write_text("".join(json.dumps({**r, "marker": 1}) + "\n" for r in finished) + '{"id": "cut sh')
-    result = subprocess.run(audit_command(tmp_path, 6), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(audit_command(tmp_path, 3), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     done = [json.loads(line) for line in items.read_text().splitlines()]
     keys = [(r["id"], r["model"]) for r in done]
@@ -240,7 +240,7 @@ def test_sigkill_during_a_concurrent_audit_then_resume_records_every_item_exactl
 
 def test_ctrl_c_leaves_a_folder_that_resumes(tmp_path):
     items = tmp_path / "items.jsonl"
-    process = subprocess.Popen(audit_command(tmp_path, 6), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    process = subprocess.Popen(audit_command(tmp_path, 3), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
     wait_for_lines(items, 3, process)
     process.send_signal(signal.SIGINT)

@@ -45,8 +45,8 @@ class AuditConfig:
     temperature: float = 0.0
     seed: int = 0
     span_mode: str = "schema"  # schema | separate
-    concurrency: int = 1  # responses generating at once; not a record setting: a resume may change it
-    judge_concurrency: int | None = None  # responses being judged at once (None: as many as generating)
+    concurrency: int = 1  # items whose responses (one per model) generate at once; a resume may change it
+    judge_concurrency: int | None = None  # responses being judged at once (None: as many as generate at once)
 
 
 class ResumeMismatch(ValueError):
@@ -96,8 +96,8 @@ def check_resumable(out_dir: Path, wanted: dict) -> None:
 
 def run_audit(models: dict[str, Engine], judge: GRMClient, items: list[Item], out_dir: str | Path,
               config: AuditConfig, progress=None, stop: threading.Event | None = None) -> dict:
-    """Answer, judge and record every (item, model), `config.concurrency` generating at once, each judged as it
-    finishes (`config.judge_concurrency` at once: audit/pool.py); then summarise.
+    """Answer, judge and record every (item, model): the responses of `config.concurrency` items generate at once,
+    each judged as it finishes (`config.judge_concurrency` at once: audit/pool.py); then summarise.
     `progress(done, total)` is optional; setting `stop` ends the audit after the responses in flight, and the
     summary covers what was done (`stopped`). Ctrl-C leaves every finished record and none of the unfinished.
     Resuming into a folder is refused (ResumeMismatch) when its records were made with other settings."""
@@ -128,8 +128,9 @@ def run_audit(models: dict[str, Engine], judge: GRMClient, items: list[Item], ou
             if progress:
                 progress(bar.n, bar.total)
 
+        answers = config.concurrency * len(models)  # todo is item by item: N items' responses at once
         run_units(todo, answer, lambda answered, abort: judge_answer(judge, answered, config.span_mode, abort),
-                  record, config.concurrency, config.judge_concurrency or config.concurrency, stop)
+                  record, answers, config.judge_concurrency or answers, stop)
     wanted = {item.id for item in items}
     records = [r for r in records if r["id"] in wanted and r["model"] in models]
     summary = summarize_audit(records, list(models), config)
