@@ -181,15 +181,19 @@ class FlakyServer(BaseHTTPRequestHandler):
             self.wfile.write(b"data: [DONE]\n\n")
 
 
+class Backlogged(ThreadingHTTPServer):
+    request_queue_size = 64  # the default 5 drops connections when 32 requests arrive at once
+
+
 def test_remote_engines_get_parallel_requests_and_retries(tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyServer)
+    server = Backlogged(("127.0.0.1", 0), FlakyServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     try:
         models = {name: OpenAIEngine(url, name, name=name, timeout_s=30) for name in ("base", "aligned")}
         judge = GRMClient(OpenAIEngine(url, "grm", name="grm", timeout_s=30), "short", conversation=False)
         items = load_dataset("miniature", limit=8)
-        runs, seconds = {}, {}
+        runs, seconds, most = {}, {}, {}
         for concurrency in (1, 8):
             FlakyServer.gauge.most, FlakyServer.seen = 0, set()
             start = time.perf_counter()
@@ -197,11 +201,13 @@ def test_remote_engines_get_parallel_requests_and_retries(tmp_path):
                       AuditConfig("miniature", 8, concurrency=concurrency))
             seconds[concurrency] = time.perf_counter() - start
             runs[concurrency] = records(tmp_path / str(concurrency))
-            assert FlakyServer.gauge.most >= min(concurrency, 4)  # requests really ran side by side
+            most[concurrency] = FlakyServer.gauge.most
         assert len(runs[1]) == 16 and runs[8] == runs[1]
         assert all(r["error"] is None and not r["parse_failed"] for r in runs[1].values())  # every retry succeeded
         assert {r["answer_unsafe"] for r in runs[1].values()} == {True, False}
-        assert seconds[8] < seconds[1] / 2.5  # 32 requests of 0.3 s: 16 slots at concurrency 8 against 2
+        # One item in flight: its two answers, then their two judgements, at most 4 requests at once; eight items:
+        # many more side by side (all 32 of a run are 0.3 s each), and the run takes less time.
+        assert 2 <= most[1] <= 4 and most[8] >= 8 and seconds[8] < seconds[1]
     finally:
         server.shutdown()
 
