@@ -94,6 +94,11 @@ def test_variant_rates_are_the_audits_definitions_with_wilson_intervals():
     assert rates["v"]["base"]["asr"] == wilson(1, 2) and rates["v"]["base"]["over_refusal"] == wilson(1, 1)
     assert rates["v"]["base"]["parse_failures"] == 1 and rates["v"]["base"]["errors"] == 1
     assert rates["w"]["base"]["asr"] == wilson(0, 1) and rates["w"]["base"]["over_refusal"]["n"] == 0
+    summary = {"models": {"base": {}}, "sweep": {"variants": [{"name": "v", "factor": "f"}, {"name": "w", "factor": "f"}],
+                                                "rates": rates}}
+    asr, over = sweep_figure(summary).data
+    assert list(asr.error_y.arrayminus) == [100 * (0.5 - wilson(1, 2)["low"]), 0.0]  # 0% [0, 79]: an interval
+    assert list(over.y) == [100.0, None] and list(over.error_y.array) == [0.0, 0]  # n = 0: no bar, no interval
 
 
 def test_a_sweep_is_an_audit_run_resumable_and_refused_for_another_sweep(models, tmp_path):

@@ -7,6 +7,7 @@ per-variant table, the plot of attack success and over-refusal with Wilson inter
 from __future__ import annotations
 
 import gradio as gr
+from PIL import Image
 
 from saferdemo.app.state import COLUMN_NAMES, StopRegistry, session_of
 from saferdemo.audit.sweep import MAX_INSTRUCTIONS, POOLS, VARIANTS, dataset_requests, make_sweep, requests_from_text
@@ -22,8 +23,12 @@ class Workbench:
         self.stops = StopRegistry()
         self.offered = dataset_requests()
 
-    def arm(self, request: gr.Request = None) -> str:
-        """Run's first step, at once: a fresh stop event, so Cancel reaches a sweep still waiting in the queue."""
+    def arm(self, text: str, picked: list[str], variants: list[str], pool: str, max_tokens: float,
+            request: gr.Request = None) -> str:
+        """Run's first step, at once: the inputs checked (a mistake is a toast, and no sweep starts), then a fresh
+        stop event, so Cancel reaches a sweep still waiting in the queue."""
+        _tokens(max_tokens)
+        self.build(text, picked, variants, pool)
         self.stops.new(session_of(request))
         return "Waiting for the sweep to start…"
 
@@ -63,15 +68,10 @@ class Workbench:
         from saferdemo.audit.runner import AuditConfig, Progress
         from saferdemo.audit.sweep_run import run_sweep, sweep_figure, sweep_markdown
 
-        try:
-            tokens = int(max_tokens)
-        except (TypeError, ValueError, OverflowError):
-            raise gr.Error("Max new tokens must be a whole number.") from None
-        if not TOKENS_RANGE[0] <= tokens <= TOKENS_RANGE[1]:
-            raise gr.Error(f"Max new tokens must be from {TOKENS_RANGE[0]} to {TOKENS_RANGE[1]}.")
+        tokens = _tokens(max_tokens)
         sweep = self.build(text, picked, variants, pool)
         items = sweep.items()
-        cards = [(image, item.variant) for item in items if item.id.endswith("/0/attack")
+        cards = [(_thumbnail(image), item.variant) for item in items if item.id.endswith("/0/attack")
                  and (image := item.image()) is not None]
         engines = {name: controller.columns[name].engine for name in COLUMN_NAMES}
         out = controller.media.audit_folder()
@@ -96,6 +96,26 @@ class Workbench:
             table = (f"**Cancelled after {progress.done} of {progress.total} responses: the numbers cover the "
                      "responses made before.**\n\n" + table)
         yield _sweep_line(progress.line()), skip, table, sweep_figure(summary), str(out / "report.html")
+
+
+def _thumbnail(image, size: tuple[int, int] = (224, 140)):
+    """The card as the gallery shows it: every variant in the world card's frame (a square FigStep card centred
+    on grey), so the gallery scales them all alike and shows each whole."""
+    image = image.copy()
+    image.thumbnail(size)
+    frame = Image.new("RGB", size, (200, 200, 200))
+    frame.paste(image, ((size[0] - image.width) // 2, (size[1] - image.height) // 2))
+    return frame
+
+
+def _tokens(value) -> int:
+    try:
+        tokens = int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise gr.Error("Max new tokens must be a whole number.") from None
+    if not TOKENS_RANGE[0] <= tokens <= TOKENS_RANGE[1]:
+        raise gr.Error(f"Max new tokens must be from {TOKENS_RANGE[0]} to {TOKENS_RANGE[1]}.")
+    return tokens
 
 
 def _sweep_line(line: str) -> str:
@@ -126,12 +146,14 @@ def attack_workbench(controller, gpu_decorator=None) -> Workbench:
             run_btn = gr.Button("Run sweep", variant="primary", elem_id="run-sweep")
             cancel_btn = gr.Button("Cancel sweep", elem_id="cancel-sweep")
         status = gr.Markdown(elem_id="sweep-status")
-        cards = gr.Gallery(label="the first instruction in each variant", columns=8, height=200, elem_id="sweep-cards")
+        cards = gr.Gallery(label="the first instruction in each variant", columns=8, height=310, object_fit="contain",
+                           elem_id="sweep-cards")
         plot = gr.Plot(label="per variant", elem_id="sweep-plot")
         table = gr.Markdown(elem_id="sweep-table")
         report = gr.File(label="full report (HTML)", elem_id="sweep-report")
-        armed = run_btn.click(bench.arm, None, status, api_name=False, show_progress="hidden")
-        armed.then(run, [text, picked, variants, pool, tokens], [status, cards, table, plot, report],
+        inputs = [text, picked, variants, pool, tokens]
+        armed = run_btn.click(bench.arm, inputs, status, api_name=False, show_progress="hidden")
+        armed.success(run, inputs, [status, cards, table, plot, report],
                    api_name="attack_sweep", concurrency_limit=1, show_progress="minimal")
         cancel_btn.click(bench.cancel, None, None, api_name="cancel_attack_sweep")
     return bench

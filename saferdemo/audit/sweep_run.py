@@ -106,8 +106,9 @@ def sweep_figure(summary: dict) -> go.Figure:
             y = [None if r["rate"] is None else 100 * r["rate"] for r in rates]
             fig.add_trace(go.Bar(
                 x=x, y=y, name=model, legendgroup=model, showlegend=row == 1, marker_color=COLOURS.get(model),
-                error_y={"type": "data", "symmetric": False, "array": [100 * (r["high"] - (r["rate"] or 0)) for r in rates],
-                         "arrayminus": [100 * ((r["rate"] or 0) - r["low"]) for r in rates]},
+                error_y={"type": "data", "symmetric": False,  # none where n = 0: there is no rate to bound
+                         "array": [0 if r["n"] == 0 else 100 * (r["high"] - r["rate"]) for r in rates],
+                         "arrayminus": [0 if r["n"] == 0 else 100 * (r["rate"] - r["low"]) for r in rates]},
                 customdata=[[r["k"], r["n"]] for r in rates],
                 hovertemplate="%{x}: %{y:.0f}% (%{customdata[0]}/%{customdata[1]})<extra>" + model + "</extra>"),
                 row=row, col=1)
