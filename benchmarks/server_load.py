@@ -162,6 +162,65 @@ def summary(rounds: list[dict]) -> dict:
             "judge_share": statistics.median(share)}
 
 
+FLOOD_SETTINGS = (0.0, 1.0, 1024, 0.5, True, True)  # long turns, both loops on
+
+
+def flood_round(url: str, victim: Client, streams: int) -> dict:
+    """One client opens `streams` long /compare streams at once; a second later another client sends one card.
+    Returns the victim's record and how many of the flood's streams were refused (the per-session cap)."""
+    hostile = Client(url, verbose=False, ssl_verify=TLS)
+    message = {"text": PROMPT, "files": [handle_file(str(CARDS[0]))]}
+    jobs = [hostile.submit(message, *FLOOD_SETTINGS, api_name="/compare") for _ in range(streams)]
+    time.sleep(1.0)  # the flood is running (or refused) by now
+    record = {}
+    one_turn(victim, CARDS[1 % len(CARDS)], record)
+    refused = sum(1 for job in jobs if job.done() and _failed(job))
+    for job in jobs:
+        job.cancel()
+    deadline = time.time() + 120
+    while not all(job.done() for job in jobs) and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)  # cancelled streams end their generation at the next token
+    return record | {"refused": refused}
+
+
+def _failed(job) -> bool:
+    try:
+        return job.exception(timeout=0) is not None
+    except Exception:  # cancelled
+        return False
+
+
+def flood(rounds: int, streams: int) -> int:
+    """Item 7 of issue 25: another client's first update under `streams` streams from one client, against its
+    first update on an idle server, interleaved round by round."""
+    server, url = start_server(True, 7873)
+    try:
+        victim = Client(url, verbose=False, ssl_verify=TLS)
+        one_round([victim])  # warm-up
+        alone, flooded, refused = [], [], []
+        for _ in range(rounds):
+            record = {}
+            one_turn(victim, CARDS[1 % len(CARDS)], record)
+            alone.append(record["first_update"])
+            record = flood_round(url, victim, streams)
+            flooded.append(record["first_update"])
+            refused.append(record["refused"])
+    finally:
+        server.terminate()
+        server.wait(30)
+    base = statistics.median(alone)
+    print(f"n = {rounds} interleaved rounds; one client opens {streams} /compare streams (max 1024 new tokens, both "
+          "loops on), another sends one card a second later; bundled models on CPU, batched server\n")
+    print("| victim's first update | median ± IQR (s) | × unloaded | flood streams refused (median) |")
+    print("|---|---|---|---|")
+    print(f"| unloaded | {base:.2f} ± {_q(alone, 0.75) - _q(alone, 0.25):.2f} | 1.00 | - |")
+    print(f"| under {streams} streams from one client | {statistics.median(flooded):.2f} ± "
+          f"{_q(flooded, 0.75) - _q(flooded, 0.25):.2f} | {statistics.median(flooded) / base:.2f} | "
+          f"{statistics.median(refused):.0f} of {streams} |")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=20)
@@ -171,7 +230,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--reference-grm", type=Path,
                         help="another judge checkpoint (e.g. the one before) for a batched server with one user")
+    parser.add_argument("--flood", type=int, default=None, metavar="N",
+                        help="instead: another client's first update under N streams from one client (issue 25)")
     args = parser.parse_args(argv)
+    if args.flood:
+        return flood(args.rounds, args.flood)
     servers = {"batched": start_server(True, 7870), "one generate per request": start_server(False, 7871)}
     users_of = {"batched": args.users, "one generate per request": args.reference_users, "in process, no server": [1]}
     if args.reference_grm:

@@ -1,6 +1,7 @@
 """The batching engine: many callers' requests in one `generate`, each row streamed to its own consumer."""
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,41 @@ def test_a_judge_failure_in_one_row_reaches_only_that_row():
     assert judge.engine.batches[0] == 2  # they met in one batch, which failed and was retried row by row
     assert results[0].judgement is None and "ran out of memory" in results[0].error
     assert results[1].judgement is not None and results[1].error is None
+
+
+def test_clients_take_turns_in_a_full_batch(engines):
+    """Issue 25 item 7: one client's many requests filled the batch and another client's waited for them all.
+    With a batch of 4 and client A's 8 long requests running, client B's request joins at a step boundary
+    (A's newest row is handed back, keeping its tokens): B's first token comes long before A's rows are done,
+    and every answer equals its answer alone."""
+    from saferdemo.engines.batching import CLIENT
+
+    plain, _ = engines
+    batching = BatchingEngine(plain, max_batch=4, gather_s=0.2)
+    params = GenerationParams(max_new_tokens=64)
+    ends, firsts, texts = {}, {}, {}
+
+    def run(key, client, card):
+        CLIENT.set(client)
+        generation = batching.start(*request(card, params=params)[:3], threading.Event())
+        chunks = []
+        for chunk in generation:
+            firsts.setdefault(key, time.perf_counter())
+            chunks.append(chunk)
+        ends[key], texts[key] = time.perf_counter(), "".join(chunks)
+
+    flood = [threading.Thread(target=run, args=(f"a{i}", "A", CARDS[i % 4])) for i in range(8)]
+    for thread in flood:
+        thread.start()
+    while len(firsts) < 4:  # A's first four rows are generating
+        time.sleep(0.01)
+    asked = time.perf_counter()
+    victim = threading.Thread(target=run, args=("b", "B", CARDS[0]))
+    victim.start()
+    for thread in [*flood, victim]:
+        thread.join(300)
+    a_done = sorted(t for k, t in ends.items() if k.startswith("a"))
+    assert firsts["b"] < a_done[3], "B waited for A's first batch to finish"
+    assert firsts["b"] - asked < (a_done[-1] - asked) / 2
+    assert texts["b"] == texts["a0"] == alone(plain, CARDS[0], params=params)
+    assert texts["a1"] == alone(plain, CARDS[1], params=params)

@@ -119,7 +119,7 @@ def test_a_flagged_draft_is_reflected_on_and_corrected():
     assert "Sorry, I can't help" in judged_revision and "<reflection>" not in judged_revision  # judged alone
     assert last.as_dict()["verdict"] | {"strip": None} == {
         "label": "safe", "reward": 1.0, "flagged": True, "reflected": True, "outcome": "corrected",
-        "kept": "revision", "reason": "judged safe", "stopped": False, "strip": None}
+        "kept": "revision", "reason": "judged safe", "stopped": False, "strip": None, "tone": "safe"}
 
 
 def test_a_revision_judged_worse_keeps_the_draft():

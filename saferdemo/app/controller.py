@@ -27,7 +27,7 @@ from saferdemo.app.render import cut_last_turn, judgement_records, turn_messages
 from saferdemo.app.session import Column, Comparison, Exchange, in_column_order
 from saferdemo.limits import tokens as count_tokens
 from saferdemo.app.state import (COLUMN_NAMES, Conversation, Limits, Pending, StopRegistry, UpdatePacer, clean_text,
-                                 session_of)
+                                 return_memory, session_of)
 from saferdemo.safety_loop import Turn
 
 
@@ -65,6 +65,7 @@ class ChatController:
         self._check(text, paths, conv)
         for path in paths:
             open_image(path, self.limits)
+        return_memory()  # the decodes were only a check
 
     def check_regenerate(self, conv: Conversation, temperature: float = 0.0, seed=None) -> None:
         if not conv.exchanges:
@@ -81,6 +82,8 @@ class ChatController:
         # show a small copy in the budgeted media folder (not the upload itself).
         images = [open_image(path, self.limits) for path in paths]
         pending = Pending(text, images, [self.media.keep(image) for image in images], conv.epoch)
+        if paths:
+            return_memory()  # the full-size decodes are gone: hand their pages back
         shown = user_messages(text, pending.shown)
         for chat in conv.chats.values():
             chat += shown
@@ -121,7 +124,7 @@ class ChatController:
                 exchange.answers[name] = turn.final_answer
             hold.drawn(turns)
 
-        events = self.comparison.run(history, pending.text, pending.images, params, stop, loops)
+        events = self.comparison.run(history, pending.text, pending.images, params, stop, loops, session_of(request))
         try:
             with self.pacer.turn() as pace:  # this turn's share of the server's update budget
                 undrawn = False  # a snapshot was skipped by the throttle since the last redraw
@@ -166,7 +169,7 @@ class ChatController:
         with refused():
             stop = self.stops.new(session_of(request))  # the session's cap on live turns
         turns, last = {}, 0.0
-        events = self.comparison.run([], text, images, params, stop, loops)
+        events = self.comparison.run([], text, images, params, stop, loops, session_of(request))
         try:
             with self.pacer.turn() as pace:
                 for name, turn in events:
@@ -218,6 +221,7 @@ class ChatController:
         conv = conv or Conversation()
         conv.exchanges, conv.records, conv.epoch = [], [], conv.epoch + 1
         conv.chats = {name: [] for name in COLUMN_NAMES}
+        return_memory()
         return conv, [], [], None, None
 
     def arm_audit(self, request: gr.Request = None) -> str:
@@ -226,14 +230,15 @@ class ChatController:
         self.audit_stops.new(session_of(request))
         return "Waiting for the audit to start…"
 
-    def audit(self, dataset: str, limit: float, request: gr.Request = None):
+    def audit(self, dataset: str, limit: float, concurrency: float = 1, request: gr.Request = None):
         """A small audit for the Audit tab, streamed: a progress line after every response (this run's own pace),
-        then the metrics table, the charts and the report. `cancel_audit` ends it after the response in
-        progress, and the partial run's summary is shown, headed "Cancelled"."""
+        then the metrics table, the charts and the report; `concurrency` items at once. `cancel_audit` ends it
+        after the responses in flight, and the partial run's summary is shown, headed "Cancelled"."""
         if self.judge is None:
             raise gr.Error("The audit needs a judge model (SAFERDEMO_GRM).")
         from saferdemo.audit.datasets import load_dataset
         from saferdemo.audit.report import category_figure, metrics_markdown, quadrant_figure
+        from saferdemo.audit.progress import concurrency_of
         from saferdemo.audit.runner import AuditConfig, Progress, run_audit
 
         try:
@@ -241,6 +246,7 @@ class ChatController:
         except (TypeError, ValueError):
             raise gr.Error(f"The number of items must be a whole number from 1 to {self.limits.audit_items}.") from None
         try:
+            concurrency = concurrency_of(concurrency)
             items = load_dataset(dataset, limit=limit)
         except (ValueError, FileNotFoundError) as error:
             raise gr.Error(str(error)) from None
@@ -249,7 +255,8 @@ class ChatController:
         stop = self.audit_stops.current(session_of(request))
         progress = Progress(len(items) * len(engines))
         yield progress.line(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        runs = progress.run(lambda report: run_audit(engines, self.judge, items, out, AuditConfig(dataset, limit),
+        runs = progress.run(lambda report: run_audit(engines, self.judge, items, out,
+                                                     AuditConfig(dataset, limit, concurrency=concurrency),
                                                      progress=report, stop=stop))
         try:
             for line in runs:

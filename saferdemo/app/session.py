@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from saferdemo.engines.base import Engine, GenerationParams
+from saferdemo.engines.batching import CLIENT
 from saferdemo.judge import GRMClient
 from saferdemo.prompts import assistant_turn, user_turn
 from saferdemo.safety_loop import LoopConfig, Turn, run_turn
@@ -70,8 +71,9 @@ class Comparison:
         self.columns, self.judge = columns, judge
 
     def run(self, history: list[Exchange], text: str, images: list[Image.Image], params: GenerationParams,
-            stop: threading.Event | None = None, loops: dict[str, LoopConfig] | None = None):
-        """`loops` overrides a column's loop settings for this turn only (the UI's per-session controls)."""
+            stop: threading.Event | None = None, loops: dict[str, LoopConfig] | None = None, client: str | None = None):
+        """`loops` overrides a column's loop settings for this turn only (the UI's per-session controls);
+        `client` (the session) is whose requests these are, for the batching engines' turns (batching.CLIENT)."""
         stop = stop or threading.Event()
         loops = loops or {}
         all_images = [image for exchange in history for image in exchange.images] + list(images)
@@ -79,6 +81,7 @@ class Comparison:
         done = object()
 
         def worker(column: Column):
+            CLIENT.set(client)  # this thread's requests (draft, judge, reflection) are this client's
             messages = build_messages(history, text, len(images), column.name)
             try:
                 loop = loops.get(column.name, column.loop)

@@ -23,8 +23,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from saferdemo.audit import adapters
-from saferdemo.audit.items import FIGSTEP_STYLE, MAX_PROMPT_CHARS, Item  # noqa: F401 (re-exported: runner, tests)
+from saferdemo.audit.items import FIGSTEP_STYLE, MAX_PROMPT_CHARS, Item, checked_prompt  # noqa: F401 (re-exported)
 from saferdemo.cards import CardStyle
+from saferdemo.limits import DEFAULT
 
 DATASETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "datasets"
 FIGSTEP_DIR = DATASETS_DIR / "figstep"
@@ -127,8 +128,7 @@ def _item(row, path: Path, number: int) -> Item:
     for key in ("prompt", "category"):
         if not isinstance(row[key], str) or not row[key].strip():
             raise ValueError(f"{path}:{number}: {key} must be a non-empty string, got {_short(row[key])}")
-    if len(row["prompt"]) > MAX_PROMPT_CHARS:
-        raise ValueError(f"{path}:{number}: the prompt has {len(row['prompt']):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
+    checked_prompt(row["prompt"], f"{path}:{number}: the prompt")  # saferdemo/limits.py, as every door checks
     if "image" in row and not isinstance(row["image"], str):
         raise ValueError(f"{path}:{number}: image must be a path, got {_short(row['image'])}")
     card = _card(row["card"]) if "image" not in row else None
@@ -138,9 +138,9 @@ def _item(row, path: Path, number: int) -> Item:
 
 
 # What a JSONL card may ask the renderer for: a 40000x40000 style took over 4 GB before anything was checked.
-MAX_CARD_TEXT_CHARS = 1_000
-CARD_SIZE_RANGE = (16, 4096)
-FONT_SIZE_RANGE = (4, 400)
+MAX_CARD_TEXT_CHARS = DEFAULT.card_text_chars  # saferdemo/limits.py
+CARD_SIZE_RANGE = DEFAULT.card_size
+FONT_SIZE_RANGE = DEFAULT.font_size
 
 
 def _card(card) -> dict:

@@ -14,10 +14,12 @@ from pathlib import Path
 from PIL import Image
 
 from saferdemo.cards import CardStyle, render_card
+from saferdemo import limits
 from saferdemo.images import load_image, load_image_bytes
+from saferdemo.limits import DEFAULT
 
 FIGSTEP_STYLE = {"width": 760, "height": 760, "font_size": 40, "margin": 40}  # FigStep's images are 760x760
-MAX_PROMPT_CHARS = 16_000
+MAX_PROMPT_CHARS = DEFAULT.audit_prompt_chars  # saferdemo/limits.py holds every input limit
 
 
 @dataclass
@@ -54,11 +56,7 @@ class Item:
 
 def checked_prompt(value, where: str) -> str:
     """A prompt read from a dataset file: a non-empty string within MAX_PROMPT_CHARS, else a ValueError naming it."""
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{where} must be a non-empty string, got {short(value)}")
-    if len(value) > MAX_PROMPT_CHARS:
-        raise ValueError(f"{where} has {len(value):,} characters; the limit is {MAX_PROMPT_CHARS:,}")
-    return value
+    return limits.prompt(value, where, MAX_PROMPT_CHARS)
 
 
 def report(problems: list[str] | None, message: str) -> None:

@@ -1,26 +1,21 @@
 """Many users, one model: a worker per model runs the requests of all live turns as batched `generate` calls.
 
-Every column of every user used to run its own batch-1 `generate` in its own thread: more users added GIL
-contention and no throughput. `BatchingEngine` wraps a `TransformersEngine`: `start` prepares the request's
-inputs in the caller's thread (a bad image fails that request alone) and queues it; one worker thread takes
-what has gathered (up to `max_batch` rows) and runs it as one left-padded batch with images. Rows keep their own
-temperature and top-p inside one `generate` (`RowSampling`), so one user's odd settings never make the others
-wait for a batch of their own; only seeded requests batch apart, with their own kind (their random stream). Each row streams to its own consumer as
-tokens arrive and finishes as soon as IT is done (end of sequence, its own max new tokens, its Stop), while
-its batch-mates go on.
+`start` prepares a request's inputs in the caller's thread (a bad image fails that request alone) and queues
+it; one worker thread runs what has gathered (up to `max_batch` rows) as one left-padded batch with images.
+Rows keep their own temperature and top-p (`RowSampling`); only seeded requests batch apart (their random
+stream). Each row streams to its own consumer and finishes as soon as IT is done, while its batch-mates go on.
 
-Requests join a running batch at a step boundary (continuous batching by recomputation): when a request of
-the batch's group is waiting, the worker ends the running `generate` at the next step and starts a new one
-over the old rows' prompts plus the tokens they have made so far, and the newcomers. The old rows' KV cache
-is recomputed in one prefill, so a join costs about one prefill; to bound that, a batch takes joiners only
-once it has run at least as long as its own prefill took (at most half of the time goes to re-prefills,
-whatever the arrivals). This is how the two columns' judge calls of a turn, which finish their drafts at
-different moments, meet in one batch. Seeded groups never take joiners: a seed means the same sample
-again, and a restart would change the random stream. (transformers' continuous batching, `generate_batch`,
+Requests join a running batch at a step boundary (continuous batching by recomputation): the worker ends the
+running `generate` at the next step and starts a new one over the old rows' prompts plus their tokens so far,
+and the newcomers (about one prefill). A batch takes joiners only once it has run as long as its own prefill
+took (at most half of the time goes to re-prefills); this is how a turn's two judge calls meet in one batch.
+Seeded groups never take joiners (a restart would change the random stream). (transformers' `generate_batch`
 takes token ids only: no images, checked in 5.24.)
 
 A failure of a whole batch (out of memory) is retried row by row, each row continuing from its own tokens,
-so the error reaches only the rows that fail on their own.
+so the error reaches only the rows that fail on their own. Clients take turns (`CLIENT`, set per column thread
+by the app: its session): a batch fills round-robin across clients, and a full batch hands rows of its heaviest
+client back to the queue for a waiting client with fewer (they keep their tokens and continue later).
 """
 
 from __future__ import annotations
@@ -29,6 +24,7 @@ import atexit
 import threading
 import time
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import torch
@@ -36,8 +32,12 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from saferdemo.engines.base import EngineError, GenerationParams, StreamingGeneration
+from saferdemo.engines.fair_share import fairer, hand_back, round_robin
 from saferdemo.engines.sampling import batch_sampling_kwargs
 from saferdemo.engines.transformers_engine import TransformersEngine, describe_error
+
+
+CLIENT: ContextVar[str | None] = ContextVar("saferdemo_client", default=None)  # whose request (the app's session)
 
 
 class BatchedGeneration(StreamingGeneration):
@@ -46,13 +46,14 @@ class BatchedGeneration(StreamingGeneration):
     done = False  # set by the worker when this row needs no more tokens
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity (its inputs are tensors)
 class Request:
     inputs: dict  # this request's processor outputs, one row (input ids, mask, its images' pixels)
     params: GenerationParams
     generation: BatchedGeneration
     tokens: list[int] = field(default_factory=list)  # generated so far (a restarted batch continues from them)
     shown: int = 0  # characters of the decoded tokens already streamed
+    client: str | None = None  # whose request (CLIENT): clients take turns for a batch's rows
 
     @property
     def group(self) -> tuple:
@@ -163,7 +164,7 @@ class BatchingEngine:
         generation = BatchedGeneration(stop, params.max_new_tokens, self.name, self.reasoning_format.prefilled(prompt),
                                        reasoning_format=self.reasoning_format)
         with self._arrived:
-            self._waiting.append(Request(dict(inputs), params, generation))
+            self._waiting.append(Request(dict(inputs), params, generation, client=CLIENT.get()))
             self._arrived.notify()
         return generation
 
@@ -180,7 +181,9 @@ class BatchingEngine:
             try:
                 if not running:
                     time.sleep(self.gather_s)  # let the other requests of the same moment arrive
-                batch = running + self._take(running[0].group if running else None, self.max_batch - len(running))
+                running = self._make_room(running)
+                batch = running + self._take(running[0].group if running else None, self.max_batch - len(running),
+                                             running)
                 running = self._run(batch) if batch else []
             except Exception as error:  # a bug here must reach these rows' users, never end the worker
                 self._fail(batch, EngineError(f"Generation failed: {type(error).__name__}: {error}"))
@@ -188,9 +191,9 @@ class BatchingEngine:
             finally:
                 self._idle.set()
 
-    def _take(self, group: tuple | None, room: int) -> list[Request]:
-        """Waiting requests of `group` (default: the oldest one's), in arrival order, at most `room`."""
-        taken = []
+    def _take(self, group: tuple | None, room: int, running: list[Request] = ()) -> list[Request]:
+        """Waiting requests of `group` (default: the oldest one's), at most `room`, clients taking turns."""
+        candidates = []
         with self._arrived:
             for request in list(self._waiting):
                 if request.generation.stop.is_set():  # stopped while waiting
@@ -198,18 +201,34 @@ class BatchingEngine:
                     _finish(self.processor.tokenizer, request)
                     continue
                 group = request.group if group is None else group
-                if request.group == group and len(taken) < room:
-                    self._waiting.remove(request)
-                    taken.append(request)
+                if request.group == group:
+                    candidates.append(request)
+            taken = round_robin(candidates, running, room)
+            for request in taken:
+                self._waiting.remove(request)
         return taken
 
+    def _make_room(self, running: list[Request]) -> list[Request]:
+        """A full batch hands its heaviest client's newest rows back to the queue (they keep their tokens)."""
+        with self._arrived:
+            for request in [r for r in self._waiting if r.joinable and not r.generation.stop.is_set()]:
+                if len(running) < self.max_batch or not running or not running[0].joinable:
+                    break
+                if fairer(running, request):
+                    row = hand_back(running)
+                    running = [r for r in running if r is not row]
+                    self._waiting.append(row)
+        return running
+
     def _should_join(self, batch: list[Request]) -> bool:
-        """Whether to end this batch's generate now: the oldest waiting request can join it. (A seeded request
-        ahead in the queue is not passed over: the batch drains and it goes next.)"""
+        """Whether to end this batch's generate now: the oldest waiting request can join (a seeded one is not
+        passed over: the batch drains and it goes next), or a full batch would be fairer with it."""
         with self._arrived:
             head = self._waiting[0] if self._waiting else None
-            return (head is not None and head.group == batch[0].group and not head.generation.stop.is_set()
-                    and sum(not r.generation.done for r in batch) < self.max_batch)
+            if head is None or head.group != batch[0].group or head.generation.stop.is_set():
+                return False
+            live = [r for r in batch if not r.generation.done]
+            return len(live) < self.max_batch or any(fairer(live, r) for r in self._waiting if r.joinable)
 
     def _run(self, batch: list[Request], joinable: bool = True) -> list[Request]:
         """One generate call over `batch`; returns the rows that ended early for joiners."""
