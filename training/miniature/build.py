@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import Qwen2VLImageProcessorPil
 
 from saferdemo.engines.transformers_engine import TransformersEngine
 from saferdemo.judge import GRMClient
@@ -67,6 +68,9 @@ class BaseConfig:
     behaviour: Behaviour = field(default_factory=Behaviour)
     stages: list[Stage] = field(default_factory=list)
     pool: PoolConfig = field(default_factory=PoolConfig)
+    # A mini-base checkpoint to continue from instead of a fresh tiny Qwen2.5-VL ("" = from scratch). Its
+    # tokenizer is kept; its processor gets this recipe's pixel budget.
+    init_from: str = ""
 
 
 @dataclass
@@ -217,7 +221,12 @@ def _entry(model, folder: Path, **extra) -> dict:
 
 def build_base(recipe: MiniatureRecipe, folder: Path, phrases, timings: dict, pool: ImagePool | None = None) -> dict:
     """mini-base: a tiny Qwen2.5-VL built from scratch and SFT'd into the base reasoning model."""
-    model, processor = _timed(timings, "build_tiny_qwen", build_tiny_qwen, folder, truth.corpus(phrases), recipe.model)
+    if recipe.base.init_from:
+        model, processor = load_model(recipe.base.init_from), load_processor(recipe.base.init_from)
+        processor.image_processor = Qwen2VLImageProcessorPil(
+            size={"shortest_edge": recipe.model.min_pixels, "longest_edge": recipe.model.max_pixels})
+    else:
+        model, processor = _timed(timings, "build_tiny_qwen", build_tiny_qwen, folder, truth.corpus(phrases), recipe.model)
     batches = base_batches(phrases, recipe.base.behaviour, pool)
     losses = _train_stages(model, processor, recipe.base.stages, batches, recipe.seed, "sft", timings)
     save_checkpoint(model, processor, folder)
