@@ -8,6 +8,7 @@ app shows it as a toast or an API error, the CLI as one `saferdemo: …` line wi
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,8 +165,12 @@ def tokens(columns: dict, text: str) -> int:
 def image(source: str | Path | bytes, limits: Limits = DEFAULT, name: str = "the image") -> Image.Image:
     """An image as a conversation keeps it: a file or bytes, checked (size, pixels, shape) and decoded once,
     then shrunk to `kept_pixels`."""
-    decoded = load_image_bytes(source, name) if isinstance(source, bytes) else load_image(source)
-    return fit(decoded, limits.kept_pixels)
+    with _DECODING:  # a 40-megapixel decode holds ~120 MB and a copy: a few at once, whatever the users
+        decoded = load_image_bytes(source, name) if isinstance(source, bytes) else load_image(source)
+        return fit(decoded, limits.kept_pixels)
+
+
+_DECODING = threading.Semaphore(2)
 
 
 def prompt(value, where: str, limit: int | None = None) -> str:
