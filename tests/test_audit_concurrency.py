@@ -16,6 +16,7 @@ from scripted import SAFE, UNSAFE
 from saferdemo.app.models import ModelChoice, load_models
 from saferdemo.audit.datasets import load_dataset
 from saferdemo.audit.pool import run_units
+from saferdemo.audit.progress import concurrency_of
 from saferdemo.audit.runner import AuditConfig, run_audit
 from saferdemo.engines.openai_engine import OpenAIEngine
 from saferdemo.judge import GRMClient
@@ -258,6 +259,13 @@ def test_ctrl_c_leaves_a_folder_that_resumes(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     keys = [(r["id"], r["model"]) for r in map(json.loads, items.read_text().splitlines())]
     assert len(keys) == len(set(keys)) == 24 and items.read_text().startswith(before)
+
+
+def test_the_tabs_items_at_once_is_checked():
+    assert [concurrency_of(v) for v in (1, "4", 8.0)] == [1, 4, 8]
+    for bad in (0, 9, 2.5, "x", None, float("nan")):
+        with pytest.raises(ValueError, match="whole number from 1 to 8"):
+            concurrency_of(bad)
 
 
 def test_bad_concurrency_is_refused_with_a_message(tmp_path):

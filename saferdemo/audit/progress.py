@@ -60,3 +60,18 @@ class Progress:
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+CONCURRENCY_MAX = 8  # the Audit tab's most items in flight (the app's users share the models; the CLI has no cap)
+
+
+def concurrency_of(value) -> int:
+    """The Audit tab's "items at once" as a whole number from 1 to CONCURRENCY_MAX; ValueError (its message for the
+    user) otherwise."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not number.is_integer() or not 1 <= number <= CONCURRENCY_MAX:
+        raise ValueError(f"Items at once must be a whole number from 1 to {CONCURRENCY_MAX}.")
+    return int(number)
