@@ -47,8 +47,8 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
     controller = ChatController(columns, judge, titles, limits)
     limits = controller.limits
 
-    def audit(dataset: str, limit: float, request: gr.Request):
-        yield from controller.audit(dataset, limit, request)
+    def audit(dataset: str, limit: float, concurrency: float, request: gr.Request):
+        yield from controller.audit(dataset, limit, concurrency, request)
 
     if gpu_decorator is not None:  # ZeroGPU: hold a GPU only while a turn, an audit or an API call runs
         audit = gpu_decorator(audit)
@@ -67,6 +67,8 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
                 dataset = gr.Dropdown(["miniature", "figstep-tiny", "figstep"], value="miniature", label="dataset")
                 n_items = gr.Number(value=10, minimum=1, maximum=limits.audit_items, precision=0, label="items",
                                     elem_id="audit-items")
+                at_once = gr.Number(value=4, minimum=1, maximum=8, precision=0, elem_id="audit-concurrency",
+                                    label="items at once (batched together; the records are the same at any value)")
                 audit_btn = gr.Button("Run audit", variant="primary")
                 cancel_btn = gr.Button("Cancel audit", elem_id="cancel-audit")
             audit_status = gr.Markdown(elem_id="audit-status")  # progress, live: this run's own count and pace
@@ -76,7 +78,7 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
             audit_file = gr.File(label="full report (HTML)")
             # Armed at once (so Cancel reaches an audit still queued), then run one at a time, streaming progress.
             armed = audit_btn.click(controller.arm_audit, None, audit_status, api_name=False, show_progress="hidden")
-            armed.then(audit, [dataset, n_items], [audit_status, audit_table, audit_bars, audit_quadrants, audit_file],
+            armed.then(audit, [dataset, n_items, at_once], [audit_status, audit_table, audit_bars, audit_quadrants, audit_file],
                        api_name="audit", concurrency_limit=1, show_progress="minimal")
             # Ends the audit after its current response; the audit itself then shows the partial run, headed
             # "Cancelled" (cancelling its event instead would drop that last update).
