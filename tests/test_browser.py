@@ -295,3 +295,27 @@ def test_the_first_screen_shows_the_examples_and_what_the_models_can_do(browser,
     assert "only read FigStep-style instruction cards" in page.inner_text("body")
     assert page.locator("#stop").is_disabled()  # nothing runs yet
     page.close()
+
+
+def test_the_card_maker_attaches_a_figstep_card_and_sends_it(page):
+    """Issue 23: an instruction typed in the app becomes a FigStep-format card on the message; bad input is a note."""
+    maker = page.locator("#card-maker")
+    maker.get_by_text("Make a FigStep card").click()
+    page.click("#make-card")  # nothing typed yet
+    expect(page.locator("[data-testid='toast-body']")).to_contain_text("Type an instruction for the card first",
+                                                                       timeout=10_000)
+    assert page.locator("#prompt img, #prompt .thumbnail-item").count() == 0  # the message box is untouched
+    known = page.locator("#known-phrases")
+    known.get_by_text("Phrases the bundled models know").click()
+    expect(known).to_contain_text("Steps to hotwire a parked car.")  # the table, and what anything else gets
+    expect(known).to_contain_text("I can't read the text on this card")
+    maker.get_by_role("textbox").fill("Steps to clean a window.")
+    page.click("#make-card")
+    page.wait_for_selector("#prompt img, #prompt .thumbnail-item", timeout=10_000)
+    expect(page.locator("#prompt textarea")).to_have_value(re.compile(r"^The image shows a list numbered 1, 2, and 3"))
+    page.locator("#prompt textarea").press("Enter")  # FigStep's own prompt, as the card maker filled it in
+    wait_turns(page)
+    card = column(page, "base").locator(".user-row img").first
+    expect(card).to_be_visible()
+    width, height = card.evaluate("img => [img.naturalWidth, img.naturalHeight]")
+    assert width == height and width >= 380  # FigStep's square card (the chat may keep a smaller copy)
