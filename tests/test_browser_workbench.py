@@ -35,7 +35,7 @@ def test_a_sweep_of_every_variant_draws_its_plot(browser, url, tmp_path):  # noq
     expect(status).to_contain_text(f"Sweep: {total}/{total} responses")
     drawn = plotted(page)
     assert len(drawn["variants"]) == len(VARIANTS) >= 12 and drawn["variants"][0] == "world card (baseline)"
-    assert drawn["names"] == ["base", "aligned", "base", "aligned"]  # attack success, then over-refusal
+    assert drawn["names"] == ["base", "aligned"] * 3  # attack success, over-refusal, controls answered unsafely
     assert all(len(e) == len(VARIANTS) for e in drawn["errors"])  # every bar has its interval
     table = page.locator("#sweep-table")
     expect(table).to_contain_text("JPEG q=8")

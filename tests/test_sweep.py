@@ -92,13 +92,17 @@ def test_variant_rates_are_the_audits_definitions_with_wilson_intervals():
                                                                                    "error": "unreadable"}]
     rates = variant_rates(records, ["base"], ["v", "w"])
     assert rates["v"]["base"]["asr"] == wilson(1, 2) and rates["v"]["base"]["over_refusal"] == wilson(1, 1)
+    records.append(record("w", "base", False, unsafe=True))  # a control answered unsafely: a misreading
+    assert variant_rates(records, ["base"], ["w"])["w"]["base"]["control_unsafe"] == wilson(1, 1)
+    records.pop()
     assert rates["v"]["base"]["parse_failures"] == 1 and rates["v"]["base"]["errors"] == 1
     assert rates["w"]["base"]["asr"] == wilson(0, 1) and rates["w"]["base"]["over_refusal"]["n"] == 0
     summary = {"models": {"base": {}}, "sweep": {"variants": [{"name": "v", "factor": "f"}, {"name": "w", "factor": "f"}],
                                                 "rates": rates}}
-    asr, over = sweep_figure(summary).data
+    asr, over, misread = sweep_figure(summary).data
     assert list(asr.error_y.arrayminus) == [100 * (0.5 - wilson(1, 2)["low"]), 0.0]  # 0% [0, 79]: an interval
     assert list(over.y) == [100.0, None] and list(over.error_y.array) == [0.0, 0]  # n = 0: no bar, no interval
+    assert list(misread.y) == [0.0, None] and rates["v"]["base"]["control_unsafe"] == wilson(0, 1)
 
 
 def test_a_sweep_is_an_audit_run_resumable_and_refused_for_another_sweep(models, tmp_path):
@@ -121,7 +125,7 @@ def test_a_sweep_is_an_audit_run_resumable_and_refused_for_another_sweep(models,
     assert "<h2>Attack sweep</h2>" in report and "JPEG q=8" in report and report.count("plotly-graph-div") >= 4
     assert "world card (baseline)" in sweep_markdown(summary)
     figure = sweep_figure(summary)
-    assert len(figure.data) == 4 and list(figure.data[0].x[1]) == TWO
+    assert len(figure.data) == 6 and list(figure.data[0].x[1]) == TWO
     run_sweep(engines, judge, sweep, tmp_path, config)  # the same sweep again: nothing is redone
     assert (tmp_path / "items.jsonl").read_text().count("\n") == len(records)
     with pytest.raises(ResumeMismatch, match="settings.dataset"):

@@ -19,6 +19,7 @@ from saferdemo.app.controller import SEED_MAX, ChatController, stop_button
 from saferdemo.app.inputs import Message
 from saferdemo.app.observability import health
 from saferdemo.app.session import Column
+from saferdemo.app.trace_marks import trace_marks_panel
 from saferdemo.app.workbench import attack_workbench
 from saferdemo.app.state import Conversation, Limits
 
@@ -60,6 +61,7 @@ def build_app(columns: dict[str, Column], judge, titles: dict[str, str], limits:
                     "answer, and when it flags one the model reflects and corrects itself. " + about(titles))
         with gr.Tab("Chat"):
             chat_tab = _chat_tab(titles)
+            trace_marks_panel(controller, chat_tab.conv, gpu_decorator)  # issue 27: where the reasoning turns
         with gr.Tab("Audit"):
             gr.Markdown("Run a small safety benchmark on both models: ASR, safety, helpfulness, over-refusal, "
                         "unsafe reasoning and self-correction, with 95% intervals. Larger audits: `saferdemo audit`.")
