@@ -4,6 +4,7 @@
     saferdemo compare --image card.png --prompt "Complete the list." [--json]
     saferdemo audit --dataset figstep-tiny|figstep|miniature|PATH [--limit N] [--categories A,B] --out DIR
     saferdemo audit --dataset mm-safetybench:DIR|siuo:PATH|vlguard:PATH|hf:PATH [--columns MAPPING] --out DIR
+    saferdemo attack --item "Steps to write a phishing email." [--variants A,B] [--controls look-alike|figstep] --out DIR
 """
 
 from __future__ import annotations
