@@ -8,7 +8,7 @@ import sys
 import pytest
 from PIL import Image, ImageDraw
 
-from saferdemo.audit.adapters import parse
+from saferdemo.audit.adapters import parse_spec
 from saferdemo.audit.datasets import load_dataset
 
 
@@ -227,8 +227,8 @@ def test_bad_specs_say_what_is_wrong(spec, message):
 
 
 def test_spec_options_are_parsed():
-    assert parse("HF:~/d#prompt=q, harmful=l") [0] == "hf"
-    adapter, path, options = parse("mm-safetybench:/data/mm#b#kinds=SD")
+    assert parse_spec("HF:~/d#prompt=q, harmful=l") [0] == "hf"
+    adapter, path, options = parse_spec("mm-safetybench:/data/mm#b#kinds=SD")
     assert (adapter, str(path), options) == ("mm-safetybench", "/data/mm#b", {"kinds": "SD"})
 
 

@@ -60,7 +60,7 @@ def is_spec(name: str) -> bool:
     return bool(colon) and prefix.lower() in ADAPTERS
 
 
-def parse(spec: str) -> tuple[str, Path, dict[str, str]]:
+def parse_spec(spec: str) -> tuple[str, Path, dict[str, str]]:
     """`NAME:PATH[#k=v,k=v]` as (adapter, path, options); a ValueError says what is wrong with it."""
     prefix, _, rest = spec.partition(":")
     adapter = prefix.lower()
@@ -81,7 +81,7 @@ def parse(spec: str) -> tuple[str, Path, dict[str, str]]:
 
 
 def load(spec: str, problems: list[str] | None = None) -> list[Item]:
-    adapter, path, options = parse(spec)
+    adapter, path, options = parse_spec(spec)
     if not path.exists():
         raise ValueError(f"{path} does not exist ({adapter} reads {EXPECTS[adapter]})")
     seen: set[str] = set()
