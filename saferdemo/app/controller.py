@@ -203,8 +203,9 @@ class ChatController:
         if not finished:
             raise gr.Error("Nothing to export yet: send a message first.")
         bundle = make_bundle(finished, self.columns, self.judge, self.titles)
-        path = self.media.export_path()
-        write_page(bundle, path)
+        path = self.media.export_path(bundle)
+        if not path.exists():  # the same conversation exported again: the same page
+            write_page(bundle, path)
         self.media.trim(keep=(path,))  # older exports go first once the media folder is over its budget
         return str(path)
 

@@ -9,10 +9,11 @@ of MB per click) used to grow it without end. A folder the app made itself is de
 from __future__ import annotations
 
 import atexit
+import hashlib
+import json
 import shutil
 import tempfile
 import threading
-import time
 import uuid
 from pathlib import Path
 
@@ -41,10 +42,13 @@ class MediaFolder:
         self.trim(keep=(path,))
         return str(path)
 
-    def export_path(self) -> Path:
+    def export_path(self, bundle: dict) -> Path:
+        """Where a bundle's page goes: named by its content (its creation time aside), so exporting the same
+        conversation again reuses the page instead of writing another (Gradio's cache, keyed by content, too)."""
         folder = self.root / "exports"
         folder.mkdir(exist_ok=True)
-        return folder / f"comparison-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}.html"
+        same = json.dumps({k: v for k, v in bundle.items() if k != "created"}, sort_keys=True, default=str)
+        return folder / f"comparison-{hashlib.sha256(same.encode()).hexdigest()[:16]}.html"
 
     def audit_folder(self, keep: int = 8) -> Path:
         """A new folder for an audit's files; only the newest `keep` are kept (the Audit tab serves the report
