@@ -21,6 +21,7 @@ from saferdemo.app.models import ModelChoice, load_models, share_cpu_cores, zero
 from saferdemo.attack import add_parser as attack_parser, precheck as attack_precheck, run as run_attack
 from saferdemo.app.session import Comparison, in_column_order
 from saferdemo.engines.base import EngineError, GenerationParams
+from saferdemo import limits
 from saferdemo.images import InputError, load_image
 from saferdemo.loading import ModelLoadError
 from saferdemo.reasoning_formats import CHOICES as REASONING_CHOICES, ENV as REASONING_ENV, ReasoningFormatError
@@ -193,8 +194,12 @@ def _compare(args, columns, judge, titles: dict[str, str]) -> int:
         print(f"saferdemo: {error}", file=sys.stderr)
         return 2
     loops = {name: LoopConfig(enabled=args.loop == "both" or args.loop == name) for name in columns}
-    if args.max_new_tokens < 1 or (args.seed is not None and args.seed < 0):
-        print("saferdemo: --max-new-tokens must be at least 1 and --seed at least 0", file=sys.stderr)
+    try:  # the app's limits (saferdemo/limits.py), so every exported bundle can be replayed
+        limits.turn(args.prompt, len(images), 0, 0, tokens=limits.tokens(columns, args.prompt))
+        limits.settings(args.temperature, 1.0, args.max_new_tokens, 0.5)
+        limits.seed(-1 if args.seed is None else args.seed)
+    except InputError as error:
+        print(f"saferdemo: {error}", file=sys.stderr)
         return 2
     params = GenerationParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                               seed=args.seed if args.temperature > 0 else None)

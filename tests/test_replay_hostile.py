@@ -125,3 +125,11 @@ def test_other_models_are_a_difference_not_identical(tmp_path):
     found = json.loads(result.stdout)["differences"]
     assert {"turn": None, "column": "base", "field": "model.fingerprint", "before": "0123456789abcdef"}.items() <= found[0].items()
     assert not [d for d in found if d["column"] in ("aligned", "grm") and d["field"] == "model.fingerprint"]
+
+
+def test_compare_applies_the_apps_limits_so_its_exports_replay(tmp_path):
+    """`saferdemo compare` takes what the app takes (saferdemo/limits.py): a bundle it exports can be replayed."""
+    result = subprocess.run([sys.executable, "-m", "saferdemo.cli", "compare", "--prompt", "Hi.", "--max-new-tokens",
+                             "5000", "--export", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    refused(result, "Max new tokens must be a whole number from 1 to 1024; got 5000.")
+    assert not (tmp_path / "bundle.json").exists()
