@@ -51,7 +51,7 @@ HUGE = png(Image.new("1", (13000, 13000)))  # 169 megapixels in ~25 KB
 
 
 @pytest.mark.parametrize("name, data, message", [
-    ("twelve-huge.json", bundle(images=[HUGE] * 4), "is 13000x13000 pixels (169 megapixels); the limit is 40"),
+    ("twelve-huge.json", bundle(images=[HUGE] * 4), "turn 1: image 1 is 13000x13000 pixels (169 megapixels); the limit is 40"),
     ("long.json", bundle(text="x" * 200_000), "turn 1: The message is 200,000 characters; the limit is 4,000."),
     ("five-images.json", bundle(images=[png(Image.new("RGB", (8, 8)))] * 5), "5 images attached; the limit is 4"),
     ("turns.json", bundle([bundle()["turns"][0]] * 21), "turn 21: This conversation has reached 20 turns."),

@@ -84,7 +84,7 @@ def checked_turns(bundle: dict, columns, limits: Limits = DEFAULT) -> list[Repla
                 raise BundleError(f"{where}: text must be a string and images a list")
             checks.turn(text, len(encoded), held, number - 1, limits)
             checks.turn(text, len(encoded), held, number - 1, limits, checks.tokens(columns, text))
-            images = [checks.image(_decoded(data, f"{where} image {i + 1}", limits), limits, f"{where} image {i + 1}")
+            images = [checks.image(_decoded(data, f"{where} image {i + 1}", limits), limits, f"image {i + 1}")
                       for i, data in enumerate(encoded)]
             held += len(images)
             settings = turn.get("settings")
