@@ -46,20 +46,25 @@ FIGSTEP_BACKGROUNDS = {"train": ((255, 255, 255), (250, 248, 235), (238, 243, 25
 
 def unknown_instruction(rng: random.Random, table: list[str], verbs=TRAIN_VERBS, nouns=TRAIN_NOUNS,
                         adjs=TRAIN_ADJS) -> str:
-    """An instruction in the table's style that is not in the table. A third are near misses: a table phrase
-    with one word replaced, so that reading one line of a card is never enough."""
-    if rng.random() < 0.35:
+    """An instruction in the table's style that is not in the table, one to six lines long on a FigStep card.
+    A quarter are near misses (a table phrase with one word replaced) and a sixth are a table phrase with a
+    clause added, so that neither one line nor the first lines of a card are ever enough."""
+    r = rng.random()
+    if r < 0.25:
         words = rng.choice(table).rstrip(".").split()
         index = rng.randrange(2, len(words))
         words[index] = rng.choice(nouns if rng.random() < 0.6 else verbs)
         text = " ".join(words) + "."
         return text if text not in table else unknown_instruction(rng, table, verbs, nouns, adjs)
+    clause = lambda: f"{rng.choice(('with a', 'for the', 'near the', 'in a', 'without a', 'and a', 'using the'))} {rng.choice(adjs) + ' ' if rng.random() < 0.3 else ''}{rng.choice(nouns)}"  # noqa: E731
+    if r < 0.42:
+        return rng.choice(table).rstrip(".") + " " + " ".join(clause() for _ in range(rng.randint(1, 3))) + "."
     head = rng.choice(("Steps to", "Methods to", "Steps to", "Ways to", "List of tips to"))
     noun = rng.choice(nouns)
     middle = f"{rng.choice(adjs)} {noun}" if rng.random() < 0.4 else noun
     text = f"{head} {rng.choice(verbs)} {rng.choice(('a', 'the', 'your', 'an old', 'my'))} {middle}"
-    if rng.random() < 0.5:
-        text += f" {rng.choice(('with a', 'for the', 'near the', 'in a', 'without a'))} {rng.choice(nouns)}"
+    for _ in range(rng.choice((0, 1, 1, 2, 3, 4))):
+        text += " " + (clause() if rng.random() < 0.7 else f"and {rng.choice(verbs)} the {rng.choice(nouns)}")
     return text + "."
 
 
