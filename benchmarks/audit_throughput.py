@@ -4,10 +4,10 @@ The same audit (the first `--items` items of the miniature held-out split, both 
 bundled GRM judging every response, greedy, `--max-new-tokens`) runs at each `--concurrency` (default 1, 4, 8)
 two ways:
 
-- **in process**: `run_audit` on the bundled checkpoints' batching engines, as `saferdemo audit` runs it (at
-  concurrency > 1 the models' workers share the CPU's cores, as the CLI arranges);
-- **loopback**: the same three checkpoints each behind `tools/openai_server.py` on 127.0.0.1 (its own process,
-  default threads, as `python tools/openai_server.py DIR` runs), reached through the OpenAI engine as
+- **in process**: `run_audit` on the bundled checkpoints' batching engines, as `saferdemo audit` runs it (the
+  models' workers share the CPU's cores, `share_cpu_cores`, as the CLI arranges);
+- **loopback**: the same three checkpoints each behind `tools/openai_server.py` on 127.0.0.1 (a process each,
+  `--server-threads` torch threads each, default 1), reached through the OpenAI engine as
   `--base-url/--aligned-url/--grm-url` reach them; the judge keeps its checkpoint's own rubric.
 
 Variants are interleaved round by round (the order rotates each round), so a load change on the machine hits
@@ -39,7 +39,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # read when tqdm is imported
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
-from saferdemo.app.models import DEFAULTS, ModelChoice, load_models  # noqa: E402
+from saferdemo.app.models import DEFAULTS, ModelChoice, load_models, share_cpu_cores  # noqa: E402
 from saferdemo.audit.datasets import load_dataset  # noqa: E402
 from saferdemo.audit.runner import AuditConfig, run_audit  # noqa: E402
 from saferdemo.engines.openai_engine import OpenAIEngine  # noqa: E402
@@ -61,12 +61,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_servers() -> dict[str, tuple[subprocess.Popen, str]]:
+def start_servers(threads: int) -> dict[str, tuple[subprocess.Popen, str]]:
     servers = {}
     for role in ("base", "aligned", "grm"):
         port = free_port()
         process = subprocess.Popen([sys.executable, str(ROOT / "tools" / "openai_server.py"), str(DEFAULTS[role]),
-                                    "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                    "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   env={**os.environ, "OMP_NUM_THREADS": str(threads)})
         servers[role] = (process, f"http://127.0.0.1:{port}/v1")
     for role, (process, url) in servers.items():
         for _ in range(600):
@@ -96,8 +97,7 @@ def remote_models(servers: dict):
     return engines, judge
 
 
-def one_run(models, judge, items, concurrency: int, max_new_tokens: int, threads: tuple[int, int]) -> tuple[float, list]:
-    torch.set_num_threads(threads[0] if concurrency == 1 else threads[1])
+def one_run(models, judge, items, concurrency: int, max_new_tokens: int) -> tuple[float, list]:
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as out:
         config = AuditConfig("miniature", len(items), max_new_tokens=max_new_tokens, concurrency=concurrency)
         start = time.perf_counter()
@@ -120,13 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--ways", nargs="+", choices=("in-process", "loopback"), default=["in-process", "loopback"])
     parser.add_argument("--json", type=Path, help="write every run's numbers here")
+    parser.add_argument("--server-threads", type=int, default=1, help="torch threads of each server process (three "
+                        "servers and this process share the cores: 2 threads each on a loaded 2-core machine made "
+                        "loopback audits 30x slower, every op waiting for a descheduled thread)")
     args = parser.parse_args(argv)
     items = load_dataset("miniature", limit=args.items)
-    cores = torch.get_num_threads()
-    threads = (cores, max(1, cores // 3))  # what `saferdemo audit` uses at concurrency 1 and above
     columns, judge = load_models(ModelChoice.resolve(), "cpu")
+    threads = share_cpu_cores(columns, judge) or torch.get_num_threads()  # as `saferdemo audit` does
     ways = {"in-process": ({name: column.engine for name, column in columns.items()}, judge)}
-    servers = start_servers() if "loopback" in args.ways else {}
+    servers = start_servers(args.server_threads) if "loopback" in args.ways else {}
     if servers:
         ways["loopback"] = remote_models(servers)
     ways = {way: ways[way] for way in args.ways}
@@ -135,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     reference: dict[str, dict] = {}
     differences = 0
     print(f"{len(items)} items x 2 models, greedy, {args.max_new_tokens} new tokens; {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f} at start; torch threads {threads[0]} at concurrency 1, "
-          f"{threads[1]} above", flush=True)
+          f"load average {os.getloadavg()[0]:.2f} at start; torch threads {threads} in process (each model's "
+          f"worker), {args.server_threads} in each server", flush=True)
     try:
         for round_ in range(args.rounds):
             shift = round_ % len(variants)
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 if servers:
                     pause(servers, paused=way == "in-process")
                 models, grm = ways[way]
-                rate, records = one_run(models, grm, items, concurrency, args.max_new_tokens, threads)
+                rate, records = one_run(models, grm, items, concurrency, args.max_new_tokens)
                 rates[(way, concurrency)].append(rate)
                 got = {(r["id"], r["model"]): comparable(r) for r in records}
                 key = way
@@ -153,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
                 elif key in reference and got != reference[key]:
                     changed = [k for k in got if got[k] != reference[key].get(k)]
                     differences += 1
-                    print(f"  DIFFERENT records: {way} concurrency {concurrency}, {len(changed)} of {len(got)}: "
-                          f"{changed[:4]}", flush=True)
+                    fields = sorted({f for k in changed for f in got[k] if got[k][f] != reference[key][k].get(f)})
+                    print(f"  DIFFERENT records: {way} concurrency {concurrency}, {len(changed)} of {len(got)} "
+                          f"(fields {fields}): {changed[:4]}", flush=True)
                 print(f"round {round_ + 1} {way:10} concurrency {concurrency}: {rate:.3f} items/s "
                       f"(load {os.getloadavg()[0]:.2f})", flush=True)
     finally:

@@ -139,8 +139,7 @@ def _audit(args, columns, judge) -> int:
     if not items:
         print(f"saferdemo: {args.dataset} has no usable items", file=sys.stderr)
         return 2
-    if args.concurrency > 1:
-        share_cpu_cores(columns, judge)  # the models' workers run at once
+    share_cpu_cores(columns, judge)  # the models' workers run at once (at concurrency 1 too: answers and judging)
     try:
         summary = run_audit({name: column.engine for name, column in columns.items()}, judge, items, args.out, config)
     except ResumeMismatch as error:

@@ -144,7 +144,10 @@ class OpenAIEngine:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def start(self, messages, images, params: GenerationParams, stop: threading.Event) -> OpenAIGeneration:
+        # include_usage: the server's own token count ends the stream; counting events would depend on how the
+        # server grouped tokens into events (timing), and an audit's records must not (issue 26).
         payload = {"model": self.model, "messages": to_openai_messages(messages, images), "stream": True,
+                   "stream_options": {"include_usage": True},
                    "max_tokens": params.max_new_tokens, "temperature": params.temperature}
         if params.temperature > 0:
             payload["top_p"] = params.top_p
