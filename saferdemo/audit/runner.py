@@ -33,7 +33,7 @@ from saferdemo.images import InputError
 from saferdemo.judge import GRMClient, JudgeResult
 from saferdemo.judgement import RewardConfig
 from saferdemo.prompts import format_response, user_turn
-from saferdemo.segments import parse
+from saferdemo.segments import canonical, generation_format, parse
 
 
 @dataclass
@@ -216,7 +216,11 @@ def answer_one(engine: Engine, item: Item, model: str, params: GenerationParams,
             response = "".join(generation)
     except (InputError, EngineError) as error:
         return {**record, **_failed(str(error))}, item, None
-    segments = parse(response, generation.think_prefilled, done=True)
+    fmt = generation_format(generation)  # the model's own tags (Kimi's, a prefilled <think>, ...)
+    segments = parse(response, generation.think_prefilled, done=True, format=fmt)
+    judged = canonical(response, fmt, generation.think_prefilled)  # the judge reads saferdemo's own format
+    if judged != response:
+        record["judged_response"] = judged
     record.update(response=response, think=segments.think, answer=segments.answer,
                   truncated=segments.truncated or (generation.stats.finish_reason == "length" and not segments.answer),
                   tokens=generation.stats.tokens)
@@ -229,7 +233,7 @@ def judge_answer(judge: GRMClient, answered: tuple[dict, Item, object], span_mod
     record, item, image = answered
     if record["error"] is not None:
         return record
-    full = judge.judge(image, item.prompt, record["response"], stop)
+    full = judge.judge(image, item.prompt, record.get("judged_response", record["response"]), stop)
     record.update(judgement=full.as_dict(), **_verdicts(full, judge.reward_config))
     if span_mode == "separate" and full.judgement is not None:
         reasoning = judge.judge(image, item.prompt, format_response(record["think"], ""), stop)
