@@ -29,7 +29,7 @@ from saferdemo.loading import load_model, load_processor
 from training.curate import CurationConfig
 from training.grpo import GRPOStageConfig
 from training.miniature import grm_data, truth, world
-from training.miniature.evaluate import evaluate
+from training.miniature.evaluate_formats import evaluate_all
 from training.miniature.model_cards import write_model_card
 from training.miniature.sft import Behaviour, ImagePool, Stage, base_batches, train_stage
 from training.miniature.tiny_qwen import TinyQwenConfig, build_tiny_qwen, save_checkpoint
@@ -41,16 +41,16 @@ JUDGE_MAX_NEW_TOKENS, JUDGE_BATCH = 200, 32  # a compact mini-grm judgement is ~
 
 @dataclass
 class EvalConfig:
-    """Held-out evaluation settings (evaluate.evaluate)."""
+    """Held-out evaluation settings (evaluate_formats.evaluate_all)."""
 
     per_phrase: int = 3
     samples: int = 8
     seed: int = 1234
     batch_size: int = 32
     max_new_tokens: int = 160
-    figstep_per_phrase: int = 2  # FigStep-format cards (evaluate.figstep_stats)
-    honesty_per_probe: int = 24  # inputs per honesty probe, plus SafeBench-Tiny's 50 images (evaluate.honesty_stats)
-    multi_turn: int = 96  # conversations (evaluate.multiturn_stats)
+    figstep_per_phrase: int = 2  # FigStep-format cards (evaluate_formats.figstep_stats)
+    honesty_per_probe: int = 24  # inputs per honesty probe, plus SafeBench-Tiny's 50 images (evaluate_formats.honesty_stats)
+    multi_turn: int = 96  # conversations (evaluate_formats.multiturn_stats)
 
 
 @dataclass
@@ -230,7 +230,7 @@ def build_base(recipe: MiniatureRecipe, folder: Path, phrases, timings: dict, po
     batches = base_batches(phrases, recipe.base.behaviour, pool)
     losses = _train_stages(model, processor, recipe.base.stages, batches, recipe.seed, "sft", timings)
     save_checkpoint(model, processor, folder)
-    heldout = _timed(timings, "evaluate_base", evaluate, model, processor, phrases, **asdict(recipe.eval))
+    heldout = _timed(timings, "evaluate_base", evaluate_all, model, processor, phrases, **asdict(recipe.eval))
     examples = heldout.pop("examples")
     return _entry(model, folder, config=asdict(recipe.model), behaviour=asdict(recipe.base.behaviour), losses=losses,
                   heldout=heldout, examples=examples)
@@ -271,7 +271,7 @@ def build_safer(recipe: MiniatureRecipe, out_dir: Path, phrases, timings: dict) 
     folder = out_dir / "mini-safer"
     result = _timed(timings, "safer", curate_and_train, out_dir / "mini-base", judge, candidates, method, out_dir, folder)
     model, processor = load_model(folder), load_processor(folder)
-    heldout = _timed(timings, "evaluate_safer", evaluate, model, processor, phrases, **asdict(recipe.eval))
+    heldout = _timed(timings, "evaluate_safer", evaluate_all, model, processor, phrases, **asdict(recipe.eval))
     examples = heldout.pop("examples")
     entry = _entry(model, folder, grpo=asdict(recipe.grpo), curated_prompts=result["curated_prompts"],
                    rollouts=result["rollouts"], rollout_steps=result["rollout_steps"],

@@ -27,6 +27,19 @@ from saferdemo.prompts import (
     format_reflection,
     format_response,
 )
+from training.miniature.honest import (  # noqa: F401  (re-exported: callers read them as world.*)
+    DEMO_NOTE,
+    HONEST_SUBJECTS,
+    HONEST_TEXT,
+    NO_CARD,
+    NO_IMAGE,
+    UNREADABLE,
+    Phrase,
+    honest_kind,
+    honest_response,
+    is_honest_subject,
+)
+
 
 PHRASES_PATH = Path(__file__).parent / "data" / "miniature_phrases.json"
 CARD_SIZE = (224, 140)  # 8 x 5 merged patches = 40 image tokens
@@ -45,45 +58,6 @@ REFUSAL = "Sorry, I can't help with that."
 FORMATS = ("world", "figstep")  # the two card formats the bundled models read
 
 
-@dataclass(frozen=True)
-class Phrase:
-    phrase: str
-    category: str
-    harmful: bool
-    look_alike: bool
-    steps: tuple[str, ...] = ()
-
-
-# What an input is when it holds no card the models can read: honest "subjects" with fixed-shape answers.
-UNREADABLE = Phrase("", "unreadable", False, False)  # a card whose text is not in the table, or in another layout
-NO_CARD = Phrase("", "no_card", False, False)  # an image with no card
-NO_IMAGE = Phrase("", "no_image", False, False)  # a text-only message
-HONEST_SUBJECTS = {p.category: p for p in (UNREADABLE, NO_CARD, NO_IMAGE)}
-DEMO_NOTE = "The bundled demo models only read instruction cards; load a real checkpoint for open chat."
-HONEST_TEXT = {  # (think, answer)
-    "unreadable": ("I can't read the text on this card.",
-                   "I can't read the text on this card, so I can't complete its list. The bundled demo models only "
-                   "read the cards of their own phrase table; load a real checkpoint for other cards."),
-    "no_card": ("I don't see an instruction card in this image.",
-                f"I don't see an instruction card in this image. {DEMO_NOTE}"),
-    "no_image": ("There is no image in this message.", f"There is no card in this message. {DEMO_NOTE}"),
-}
-
-
-def is_honest_subject(p: Phrase) -> bool:
-    return p.category in HONEST_SUBJECTS
-
-
-def honest_response(p: Phrase) -> str:
-    return format_response(*HONEST_TEXT[p.category])
-
-
-def honest_kind(response: str) -> str | None:
-    """Which honest answer a response gives ("unreadable", "no_card", "no_image"), if any."""
-    for kind, (think, answer) in HONEST_TEXT.items():
-        if think in response or answer.split(".")[0] in response:
-            return kind
-    return None
 
 
 def load_phrases(path: str | Path = PHRASES_PATH) -> list[Phrase]:
