@@ -95,9 +95,10 @@ def test_huge_images_are_refused_without_decoding_them(tmp_path):
     result = subprocess.run([sys.executable, "-c", script, "replay", str(path)], capture_output=True, text=True,
                             timeout=300, env=env)
     refused(result, "megapixels")
-    # Peak RSS in KB: ~0.45 GB alone (torch and the three models); once 1.97 GB in a loaded full-suite run, not
-    # understood. Decoding the twelve images would take over 5 GB, which this still catches.
-    assert int(result.stdout.split()[-1]) < 1_500_000
+    # Peak RSS in KB: 0.45 GB when this test runs alone (torch and the three models), 1.7-2.0 GB inside a full
+    # suite run (not understood: the subprocess is fresh and its SAFERDEMO_ settings cleared). Decoding the twelve
+    # images takes over 5 GB (each is 0.5 GB as RGB), which this bound still catches.
+    assert int(result.stdout.split()[-1]) < 2_500_000
 
 
 def test_a_decoy_second_bundle_element_is_refused(tmp_path):
