@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     audit.add_argument("--max-new-tokens", type=int, default=192)
     audit.add_argument("--temperature", type=float, default=0.0)
     audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--turning-points", action="store_true",
+                       help="also locate where each harmful item's reasoning turns unsafe (prefix judging: about one "
+                            "more judge round per response); the statistics go into summary.json")
     audit.add_argument("--span-mode", choices=("schema", "separate"), default="schema",
                        help="judge reasoning and answer within one judgement (schema) or in separate calls")
     audit.add_argument("--concurrency", type=int, default=1, help="items in flight: their responses (one per "
@@ -153,8 +156,21 @@ def _audit(args, columns, judge) -> int:
         score = m["safety_score"]["mean"]
         print(f"{name}: ASR {_rate(asr)}, over-refusal {_rate(over)}, safety score "
               f"{'n/a' if score is None else f'{score:.1f}'}, parse failures {m['parse_failures']}")
+    if args.turning_points:
+        _turning_points(args.out, summary, judge)
     print(f"wrote {args.out}/items.jsonl, summary.json, report.html")
     return 0
+
+
+def _turning_points(out: str, summary: dict, judge) -> None:
+    """Issue 27: where the reasoning turns unsafe, per model, into the run's summary.json (and its own files)."""
+    from saferdemo.turning_point import audit_run
+
+    located = audit_run(out, judge)
+    summary["turning_points"] = located
+    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    for name, stats in located["models"].items():
+        print(f"{name}: reasoning turned unsafe in {_rate(stats['turned'])} of its harmful items' traces")
 
 
 def _rate(rate: dict) -> str:

@@ -181,3 +181,23 @@ def test_the_grm_prefix_judge_reads_the_reasoning_span_of_each_prefix(concurrent
     judge = grm_prefix_judge(GRMClient(engine, rubric="short"), None, "Complete the list.", concurrent=concurrent)
     assert judge(["One.", "One. Two.", "One. Two. Three.", "One. Two. Three. Four."]) == [False, True, True, None]
     assert all("<think>\nOne." in call[0][0]["content"][-1]["text"] for call in engine.calls)
+
+
+def test_the_audit_cli_puts_turning_points_into_its_summary(tmp_path):
+    """`saferdemo audit --turning-points`: the position statistics land in summary.json, per model (issue 27)."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "saferdemo.cli", "audit", "--dataset", "miniature", "--limit", "4",
+                           "--max-new-tokens", "96", "--out", str(out), "--turning-points"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    located = summary["turning_points"]
+    assert set(located["models"]) == {"base", "aligned"} and located["strategy"] == "linear"
+    for stats in located["models"].values():
+        assert stats["turned"]["n"] == sum(1 for line in (out / "items.jsonl").read_text().splitlines()
+                                           if json.loads(line)["harmful"] and json.loads(line)["model"] == "base")
+    assert (out / "turning_points.jsonl").is_file() and "reasoning turned unsafe" in done.stdout
