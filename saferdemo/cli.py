@@ -157,20 +157,13 @@ def _audit(args, columns, judge) -> int:
         print(f"{name}: ASR {_rate(asr)}, over-refusal {_rate(over)}, safety score "
               f"{'n/a' if score is None else f'{score:.1f}'}, parse failures {m['parse_failures']}")
     if args.turning_points:
-        _turning_points(args.out, summary, judge)
+        from saferdemo.turning_point import into_summary
+
+        for name, stats in into_summary(args.out, summary, judge)["models"].items():
+            print(f"{name}: reasoning turned unsafe in {_rate(stats['turned'])} of its harmful items' traces")
     print(f"wrote {args.out}/items.jsonl, summary.json, report.html")
     return 0
 
-
-def _turning_points(out: str, summary: dict, judge) -> None:
-    """Issue 27: where the reasoning turns unsafe, per model, into the run's summary.json (and its own files)."""
-    from saferdemo.turning_point import audit_run
-
-    located = audit_run(out, judge)
-    summary["turning_points"] = located
-    (Path(out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    for name, stats in located["models"].items():
-        print(f"{name}: reasoning turned unsafe in {_rate(stats['turned'])} of its harmful items' traces")
 
 
 def _rate(rate: dict) -> str:

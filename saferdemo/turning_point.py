@@ -240,6 +240,17 @@ def audit_run(out_dir, judge: GRMClient, strategy: str = "linear", harmful_only:
     return summary
 
 
+def into_summary(out_dir, summary: dict, judge: GRMClient) -> dict:
+    """`saferdemo audit --turning-points`: `audit_run`'s statistics, also written into the run's summary.json."""
+    import json
+    from pathlib import Path
+
+    located = audit_run(out_dir, judge)
+    summary["turning_points"] = located
+    (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return located
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import json
