@@ -269,10 +269,7 @@ class ChatController:
         if progress.error is not None:
             raise gr.Error(f"The audit failed: {progress.error}")
         summary = progress.summary
-        table = metrics_markdown(summary)
-        if summary["stopped"]:
-            table = (f"**Cancelled after {progress.done} of {progress.total} responses: the numbers cover the "
-                     "responses made before.**\n\n" + table)
+        table = progress.with_cancel_note(metrics_markdown(summary))
         yield progress.line(), table, category_figure(summary), quadrant_figure(summary), str(out / "report.html")
 
     def cancel_audit(self, request: gr.Request = None) -> None:

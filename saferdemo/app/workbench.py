@@ -91,10 +91,7 @@ class Workbench:
         if progress.error is not None:
             raise gr.Error(f"The sweep failed: {progress.error}")
         summary = progress.summary
-        table = sweep_markdown(summary)
-        if summary["stopped"]:
-            table = (f"**Cancelled after {progress.done} of {progress.total} responses: the numbers cover the "
-                     "responses made before.**\n\n" + table)
+        table = progress.with_cancel_note(sweep_markdown(summary))
         yield _sweep_line(progress.line()), skip, table, sweep_figure(summary), str(out / "report.html")
 
 

@@ -32,6 +32,13 @@ class Progress:
             text += " · starting (loading the items, then the first response)"
         return text
 
+    def with_cancel_note(self, table: str) -> str:
+        """`table` (the finished run's numbers), headed by what a Cancel left out when the run was stopped."""
+        if not self.summary or not self.summary["stopped"]:
+            return table
+        return (f"**Cancelled after {self.done} of {self.total} responses: the numbers cover the responses made "
+                "before.**\n\n" + table)
+
     def run(self, audit):
         """`audit(report)` runs the audit, calling `report(done, total)`; yields a progress line per report."""
         updates: queue.Queue = queue.Queue()
