@@ -67,6 +67,17 @@ def sentences(trace: str) -> list[Sentence]:
     return found
 
 
+def prefix(trace: str, sentence: Sentence) -> str:
+    """The prefix of `trace` that ends with `sentence`: what the judge reads at that sentence."""
+    return trace[: sentence.end]
+
+
+def prefix_response(prefix_text: str) -> str:
+    """The response the judge sees for a prefix: the prefix as the reasoning span, with an empty answer (mini-grm's
+    training data builds its prefix examples with this and `sentences`, so the two cannot drift apart)."""
+    return format_response(prefix_text, "")
+
+
 @dataclass
 class TurningPoint:
     """Where one trace turned unsafe; indices count sentences from 0."""
@@ -125,7 +136,7 @@ def grm_prefix_judge(client: GRMClient, image: Image.Image | None, request: str,
     gate = client.reward_config.gate_threshold
 
     def judge(prefixes: list[str]) -> list[bool | None]:
-        responses = [format_response(p, "") for p in prefixes]
+        responses = [prefix_response(p) for p in prefixes]
         if concurrent and len(prefixes) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -156,7 +167,7 @@ def locate(trace: str, judge: PrefixJudge, strategy: str = "linear", max_prefixe
         indices = [i for i in dict.fromkeys(indices) if i not in found.judged]
         if not indices:
             return
-        verdicts = judge([trace[: found.sentences[i].end] for i in indices])
+        verdicts = judge([prefix(trace, found.sentences[i]) for i in indices])
         if len(verdicts) != len(indices):
             raise ValueError(f"the prefix judge answered {len(verdicts)} verdicts for {len(indices)} prefixes")
         found.judged.update(zip(indices, verdicts))
@@ -203,7 +214,6 @@ def _bisect(ask, judged: dict, low: int, high: int | None, n: int | None = None)
     return high
 
 
-
 def audit_run(out_dir, judge: GRMClient, strategy: str = "linear", harmful_only: bool = True,
               max_prefixes: int = 32) -> dict:
     """Locate the turning point of every trace of an audit run (`saferdemo audit --out DIR`): writes
@@ -241,13 +251,17 @@ def audit_run(out_dir, judge: GRMClient, strategy: str = "linear", harmful_only:
 
 
 def into_summary(out_dir, summary: dict, judge: GRMClient) -> dict:
-    """`saferdemo audit --turning-points`: `audit_run`'s statistics, also written into the run's summary.json."""
+    """`saferdemo audit --turning-points`: `audit_run`'s statistics, also written into the run's summary.json and
+    report.html."""
     import json
     from pathlib import Path
+
+    from saferdemo.audit.runner import rewrite_report
 
     located = audit_run(out_dir, judge)
     summary["turning_points"] = located
     (Path(out_dir) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    rewrite_report(out_dir, summary)
     return located
 
 

@@ -113,6 +113,36 @@ def score_figure(records: list[dict]) -> go.Figure:
     return fig
 
 
+def turning_points_html(located: dict | None, order: list[str] = ()) -> str:
+    """`saferdemo audit --turning-points`: per model (in `order` first), how often the reasoning turned unsafe and
+    where (the first unsafe sentence's relative position: quartiles, and the turned traces per third), with a chart
+    of the thirds."""
+    if not located:
+        return ""
+    models = {n: located["models"][n] for n in [*order, *located["models"]] if n in located["models"]}
+    thirds = ("early", "middle", "late")
+    bar = lambda r, part: 0 if r["rate"] is None else 100 * {"y": r["rate"], "up": r["high"] - r["rate"],  # noqa: E731
+                                                              "down": r["rate"] - r["low"]}[part]
+    quartiles = lambda p: " / ".join("n/a" if p[q] is None else f"{p[q]:.2f}"  # noqa: E731
+                                     for q in ("q25", "median", "q75")) + f" (n={p['n']})"
+    rows = [("turned unsafe", [format_rate(m["turned"]) for m in models.values()]),
+            ("position q25 / median / q75", [quartiles(m["position"]) for m in models.values()]),
+            *[(f"{t} third", [format_rate(m[t]) for m in models.values()]) for t in thirds],
+            ("self-corrected", [format_rate(m["self_corrected"]) for m in models.values()])]
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in models)
+    body = "".join(f"<tr><td>{label}</td>{''.join(f'<td>{v}</td>' for v in values)}</tr>" for label, values in rows)
+    fig = go.Figure([go.Bar(x=list(thirds), y=[bar(m[t], "y") for t in thirds], name=name,
+                            marker_color=COLOURS.get(name),
+                            error_y={"type": "data", "array": [bar(m[t], "up") for t in thirds],
+                                     "arrayminus": [bar(m[t], "down") for t in thirds]})
+                     for name, m in models.items()])
+    fig.update_layout(barmode="group", height=320, yaxis={"range": [0, 105]},
+                      title="Where the reasoning turned unsafe: turned traces per third of the trace (%, 95% CI)")
+    return (f"<h2>Where the reasoning turns unsafe</h2><p>Strategy {html.escape(str(located['strategy']))}; position: "
+            f"(first unsafe sentence + 1) / sentences.</p><table><tr><th>turning point (95% interval)</th>{head}</tr>"
+            f"{body}</table>{fig.to_html(full_html=False, include_plotlyjs=False)}")
+
+
 def settings_table(config: dict) -> str:
     rows = "".join(f"<tr><td>{html.escape(str(k).replace('_', ' '))}</td><td>{html.escape(str(v))}</td></tr>"
                    for k, v in config.items())
@@ -167,7 +197,8 @@ td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top}}</style></head>
 <h1>saferdemo audit</h1>{settings_table(summary["config"])}
 <p>Judge errors and load errors are counted, not hidden ({summary['errors']} load errors). Categories with
 fewer than {SMALL_N} judged items are marked "small".</p>
-{metrics_table(summary)}{paired_html}{table_html(summary.get("safemlrm"))}{charts}{extra}
+{metrics_table(summary)}{paired_html}{table_html(summary.get("safemlrm"))}{charts}
+{turning_points_html(summary.get("turning_points"), list(summary["models"]))}{extra}
 <h2>Every item</h2>{items_table(records, thumbnails or {})}
 <h2>Definitions</h2><pre>{definitions}</pre></body></html>
 """)

@@ -163,6 +163,17 @@ def thumbnails(items: list[Item], size: int = 96) -> dict[str, str]:
     return found
 
 
+def rewrite_report(out_dir: str | Path, summary: dict) -> None:
+    """A finished run's report.html again, from its records and `summary` (`--turning-points` adds a section)."""
+    from saferdemo.audit.datasets import load_dataset
+    from saferdemo.audit.report import write_report
+
+    records = _resume(Path(out_dir) / "items.jsonl")
+    ids = {r["id"] for r in records}
+    items = [i for i in load_dataset(summary["config"]["dataset"], summary["config"].get("categories")) if i.id in ids]
+    write_report(summary, records, Path(out_dir) / "report.html", thumbnails(items))
+
+
 def _resume(path: Path) -> list[dict]:
     """Records already written; a line cut short by a kill is dropped (and the file rewritten without it)."""
     if not path.exists():

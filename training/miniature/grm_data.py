@@ -8,7 +8,8 @@ judgement, so the judgement can compare the card with the response's quote. Its 
 from mini-base on training cards (both formats) plus controlled corruptions (a misread card, an answer about
 another card (often an earlier card of the conversation), a card invented for an unreadable card, a photo or a
 text-only message, harmful reasoning with a refusing answer, a refused benign card, missing or unclosed tags, an
-answer that contradicts its reasoning) and the honest answers; every label is the world's truth
+answer that contradicts its reasoning) and the honest answers, and a share of reasoning prefixes with an empty
+answer, as the turning-point instrument sends them (grm_prefixes.py); every label is the world's truth
 (`truth.truth_judgement`).
 """
 
@@ -21,7 +22,7 @@ from saferdemo.judge import GRMClient, earlier_turns
 from saferdemo.judgement import judge_messages, reward
 from saferdemo.prompts import THINK_CLOSE, THINK_OPEN, format_response, user_turn
 from saferdemo.safety_loop import LoopConfig, flagged
-from training.miniature import probes, world
+from training.miniature import grm_prefixes, probes, world
 from training.miniature.evaluate import generate
 from training.miniature.sft import TURN_KINDS, Behaviour, single_turn
 from training.miniature.truth import judge_prefix, truth_judgement
@@ -40,8 +41,7 @@ def _misread(p: Phrase, rng: random.Random, phrases: list[Phrase]) -> str:
 
 
 def _harmful_think_refusing(p: Phrase, rng, phrases) -> str:
-    think = f"{world.read_think(p)} {world.PLANS_TO_COMPLY} 1. {world.RESTRICTED_STEP} 2. {world.RESTRICTED_STEP}"
-    return format_response(think, world.REFUSAL)
+    return format_response(grm_prefixes.steps_think(p), world.REFUSAL)
 
 
 def _contradiction(p: Phrase, rng, phrases) -> str:
@@ -110,11 +110,11 @@ def sample_policy_responses(model, processor, phrases, per_phrase: int, split: s
     return dict(pool)
 
 
-def judge_example(p: Phrase, image, prompt: str, response: str, earlier=()) -> Example:
+def judge_example(p: Phrase, image, prompt: str, response: str, earlier=(), kind: str = "judge") -> Example:
     messages = judge_messages(prompt, response, rubric=RUBRIC, with_image=image is not None, earlier=earlier)
     # The compact form: the same judgement in ~55 tokens instead of ~140 (a third of the judge's time).
     target = judge_prefix(p) + truth_judgement(p, response).to_compact_json()
-    return Example("judge", p, image, prompt, messages, target, images=[image] if image is not None else [])
+    return Example(kind, p, image, prompt, messages, target, images=[image] if image is not None else [])
 
 
 def conversation(rng: random.Random, phrases, pool, turns: int) -> tuple[list[dict], list[Phrase]]:
@@ -131,14 +131,32 @@ def conversation(rng: random.Random, phrases, pool, turns: int) -> tuple[list[di
     return messages, shown
 
 
-def grm_batches(phrases: list[Phrase], pool: dict[str, list[str]], corruption_rate: float, images=None):
+def _table_card(subject: Phrase, rng: random.Random, images, difficulty: float):
+    """(image, task prompt) of a training card showing `subject`, in either format."""
+    if images is not None and rng.random() < 0.5:  # FigStep's format, from the pool
+        image = images.figstep_card(subject, rng, 1.0)
+    else:
+        image = world.render(subject, rng, "train", difficulty)
+    return image, world.task_prompt(rng, "train")
+
+
+def grm_batches(phrases: list[Phrase], pool: dict[str, list[str]], corruption_rate: float, images=None,
+                prefix_rate: float = grm_prefixes.PREFIX_RATE):
     """The batch source for the GRM: policy samples, corruptions and honest answers on freshly drawn training
-    inputs (`images`: sft.ImagePool), 40% of them after one to three earlier turns."""
+    inputs (`images`: sft.ImagePool), 40% of them after one to three earlier turns; a `prefix_rate` share of the
+    examples (kind "judge_prefix") judges a reasoning prefix with an empty answer (grm_prefixes.py)."""
 
     def batches(rng: random.Random, stage, difficulty: float) -> list[Example]:
         examples = []
         for _ in range(stage.batch_size):
             messages, shown = conversation(rng, phrases, images, rng.randint(1, 3)) if rng.random() < 0.4 else ([], [])
+            if rng.random() < prefix_rate:  # the turning-point instrument's question about a table card's trace
+                subject = rng.choice(phrases)
+                image, prompt = _table_card(subject, rng, images, difficulty)
+                response = grm_prefixes.prefix_example_response(subject, rng, pool.get(subject.phrase))
+                earlier = earlier_turns([*messages, user_turn(prompt, image is not None)])
+                examples.append(judge_example(subject, image, prompt, response, earlier, "judge_prefix"))
+                continue
             r = rng.random()
             if r < 0.3 and images is not None:  # no table card: honest answers, or invented cards
                 kind = rng.choice(("unreadable", "unreadable", "no_card", "no_image"))
@@ -152,9 +170,7 @@ def grm_batches(phrases: list[Phrase], pool: dict[str, list[str]], corruption_ra
                         response = world.honest_response(rng.choice([s for s in world.HONEST_SUBJECTS.values() if s is not subject]))
             else:
                 subject = rng.choice(phrases)
-                fmt = "figstep" if images is not None and rng.random() < 0.5 else "world"
-                image = images.figstep_card(subject, rng, 1.0) if fmt == "figstep" else world.render(subject, rng, "train", difficulty)
-                prompt = world.task_prompt(rng, "train")
+                image, prompt = _table_card(subject, rng, images, difficulty)
                 others = [q for q in shown if q.phrase != subject.phrase]
                 if others and rng.random() < 0.35:  # an answer about an earlier card
                     q = rng.choice(others)
