@@ -100,6 +100,10 @@ def test_unreadable_text_pools_are_disjoint_from_each_other_the_table_and_safebe
     rng = random.Random(0)
     phrases = [p.phrase for p in world.load_phrases()]
     assert all(formats.unknown_instruction(rng, phrases) not in phrases for _ in range(500))
+    # Texts drawn per training example: never a table phrase, and no made-up word is a held-out or SafeBench word.
+    assert all(formats.fresh_unknown(rng, phrases) not in phrases for _ in range(2000))
+    made_up = {formats.pseudo_word(rng) for _ in range(20000)}
+    assert not made_up & (heldout | safebench | table), sorted(made_up & (heldout | safebench | table))
     assert not set(formats.TRAIN_TEXT_ONLY) & set(probes.HELDOUT_TEXT_ONLY)
 
 

@@ -58,7 +58,6 @@ class PoolConfig:
     """The pre-rendered training images (sft.ImagePool)."""
 
     per_phrase: int = 8
-    unknown: int = 600
     other: int = 500
     no_card: int = 200
 
@@ -85,6 +84,7 @@ class GRMEvalConfig:
 class GRMBuildConfig:
     samples_per_phrase: int = 8  # mini-base samples per phrase (T=1) to judge
     corruption_rate: float = 0.4  # share of training responses that are controlled corruptions
+    prefix_rate: float = 0.12  # share of reasoning prefixes judged as the turning-point instrument sends them
     stages: list[Stage] = field(default_factory=list)
     eval: GRMEvalConfig = field(default_factory=GRMEvalConfig)
 
@@ -244,7 +244,7 @@ def build_grm(recipe: MiniatureRecipe, folder: Path, base_folder: Path, phrases,
     samples = _timed(timings, "grm_sample_policy", grm_data.sample_policy_responses, policy, processor, phrases,
                      cfg.samples_per_phrase, "train", recipe.seed)
     model = load_model(base_folder)
-    batches = grm_data.grm_batches(phrases, samples, cfg.corruption_rate, pool)
+    batches = grm_data.grm_batches(phrases, samples, cfg.corruption_rate, pool, cfg.prefix_rate)
     losses = _train_stages(model, processor, cfg.stages, batches, recipe.seed + 100, "grm", timings)
     save_checkpoint(model, processor, folder)
     # output: mini-grm writes what the image shows, then the compact form (Judgement.to_compact_json); it was

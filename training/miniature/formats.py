@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import random
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
@@ -66,6 +67,61 @@ def unknown_instruction(rng: random.Random, table: list[str], verbs=TRAIN_VERBS,
     for _ in range(rng.choice((0, 1, 1, 2, 3, 4))):
         text += " " + (clause() if rng.random() < 0.7 else f"and {rng.choice(verbs)} the {rng.choice(nouns)}")
     return text + "."
+
+
+# Made-up words widen what "text I do not know" looks like beyond the training pools' real words (measured: with
+# only real-word unknowns, FigStep cards of unseen words were claimed as a table phrase half the time).
+_CONSONANTS, _VOWELS = "bcdfghjklmnprstvwz", "aeiou"
+# Real words (table, held-out pool, SafeBench) that a made-up word could spell: excluded so that no evaluation word is
+# ever trained on; tests/test_world.py finds any that are missing from the file.
+NOT_PSEUDO = frozenset(line.strip() for line in (Path(__file__).parent / "data" / "not_pseudo_words.txt").read_text().splitlines()
+                       if line.strip() and not line.startswith("#"))
+
+
+def pseudo_word(rng: random.Random) -> str:
+    """A pronounceable made-up word of one to three syllables."""
+    while True:
+        word = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) + (rng.choice(_CONSONANTS) if rng.random() < 0.5 else "")
+                       for _ in range(rng.randint(1, 3)))
+        if len(word) > 2 and word not in NOT_PSEUDO:
+            return word
+
+
+def short_unknown(rng: random.Random, verbs=TRAIN_VERBS, nouns=TRAIN_NOUNS) -> str:
+    """One to three FigStep lines in the table's style ("Steps to <verb> a <noun>."), the card shape of most table
+    phrases and of FigStep's short instructions; a word is made up 40% of the time."""
+    word = lambda pool: pseudo_word(rng) if rng.random() < 0.4 else rng.choice(pool)  # noqa: E731
+    head = rng.choice(("Steps to", "Methods to", "List of", "Steps to", "Methods to", "Methods for", "Ways to"))
+    if head in ("List of", "Methods for"):
+        tail = f" for {rng.choice(('a', 'the', 'your'))} {word(nouns)}" if rng.random() < 0.5 else ""
+        return f"{head} {word(nouns)}s{tail}."
+    article = rng.choice(("a", "the", "your", "an old", "my", "some"))
+    text = f"{head} {word(verbs)} " + (f"{article} {word(nouns)}" if rng.random() < 0.8 else f"{word(nouns)}s")
+    if rng.random() < 0.35:
+        text += f" {rng.choice(('with a', 'for the', 'in a', 'without a', 'at'))} {word(nouns)}"
+    return text + "."
+
+
+def spliced_instruction(rng: random.Random, table: list[str]) -> str:
+    """The start of one table phrase and the end of another: every word is known, the text is not."""
+    first, second = (phrase.rstrip(".").split() for phrase in rng.sample(table, 2))
+    text = " ".join(first[: rng.randint(2, len(first) - 1)] + second[rng.randint(2, len(second) - 1):]) + "."
+    return text if text not in table else spliced_instruction(rng, table)
+
+
+def fresh_unknown(rng: random.Random, table: list[str]) -> str:
+    """Text for an unknown card drawn per example (never pooled: pooled unknowns are memorised, loss ~0.005):
+    half short table-style instructions, the rest near misses, splices and longer ones."""
+    r = rng.random()
+    if r < 0.5:
+        return short_unknown(rng)
+    if r < 0.65:
+        words = rng.choice(table).rstrip(".").split()
+        words[rng.randrange(2, len(words))] = pseudo_word(rng)
+        return " ".join(words) + "."
+    if r < 0.8:
+        return spliced_instruction(rng, table)
+    return unknown_instruction(rng, table)
 
 
 def degrade(image: Image.Image, rng: random.Random, scale=(0.5, 1.0), jpeg: float = 0.5) -> Image.Image:

@@ -65,8 +65,8 @@ class ImagePool:
     FigStep cards are 760x760 TrueType renders plus a rescale and a JPEG round trip, ~25 ms each: too slow to
     draw per example. The world's own cards are cheap and stay rendered per example (their curriculum)."""
 
-    def __init__(self, phrases: list[Phrase], seed: int, per_phrase: int = 8, unknown: int = 600, other: int = 500,
-                 no_card: int = 200, workers: int = 2):
+    def __init__(self, phrases: list[Phrase], seed: int, per_phrase: int = 8, other: int = 500, no_card: int = 200,
+                 workers: int = 2):
         table = [p.phrase for p in phrases]
         self.table = table
 
@@ -75,9 +75,6 @@ class ImagePool:
             rng = random.Random(item_seed)
             if kind == "figstep":
                 return formats.to_grid(formats.figstep_card(text, rng, "train", 1.0 if item_seed % 997 else 0.0))
-            if kind == "unknown":
-                return formats.to_grid(formats.figstep_card(formats.unknown_instruction(rng, table), rng, "train",
-                                                            rng.random()))
             if kind == "other":
                 text = rng.choice(table) if rng.random() < 0.5 else formats.unknown_instruction(rng, table)
                 return formats.to_grid(formats.other_layout(text, rng))
@@ -85,7 +82,7 @@ class ImagePool:
 
         rng = random.Random(seed)
         jobs = [("figstep", p.phrase, 997 * rng.randrange(1, 2**20) + (i > 0)) for p in phrases for i in range(per_phrase + 1)]
-        jobs += [(kind, "", rng.randrange(2**31)) for kind, n in (("unknown", unknown), ("other", other), ("no_card", no_card))
+        jobs += [(kind, "", rng.randrange(2**31)) for kind, n in (("other", other), ("no_card", no_card))
                  for _ in range(n)]
         with ThreadPoolExecutor(max_workers=workers) as executor:  # PIL releases the GIL while it draws
             images = list(executor.map(draw, jobs))
@@ -93,7 +90,6 @@ class ImagePool:
         self.figstep_canonical = {p.phrase: figstep[i * (per_phrase + 1)] for i, p in enumerate(phrases)}
         self.figstep = {p.phrase: figstep[i * (per_phrase + 1) + 1: (i + 1) * (per_phrase + 1)] for i, p in enumerate(phrases)}
         rest = images[len(figstep):]
-        self.unknown, rest = rest[:unknown], rest[unknown:]
         self.other, self.no_card = rest[:other], rest[other:]
 
     def figstep_card(self, p: Phrase, rng: random.Random, difficulty: float) -> Image.Image:
@@ -102,10 +98,11 @@ class ImagePool:
     def unreadable(self, rng: random.Random, difficulty: float) -> Image.Image:
         """A card the models cannot read: unknown text in FigStep's format or the world's, or another layout."""
         r = rng.random()
-        if r < 0.4:
-            return rng.choice(self.unknown)
-        if r < 0.7:
-            text = formats.unknown_instruction(rng, self.table)
+        if r < 0.5:  # drawn per example, ~25 ms: pooled unknowns are memorised (training loss ~0.005)
+            text = formats.fresh_unknown(rng, self.table)
+            return formats.to_grid(formats.figstep_card(text, rng, "train", rng.random()))
+        if r < 0.75:
+            text = formats.fresh_unknown(rng, self.table)
             style, seed = world.card_spec(Phrase(text, "", False, False), rng, "train", difficulty)
             return render_card(text, style, seed=seed)
         return rng.choice(self.other)
