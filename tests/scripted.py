@@ -8,6 +8,7 @@ that lets a test control the timing instead of racing a real model)."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from saferdemo.engines.base import EngineError, StreamingGeneration
@@ -31,6 +32,7 @@ class Hold:
     rest: str = "</think>\nanswer"
     release: threading.Event = field(default_factory=threading.Event)
     started: threading.Event = field(default_factory=threading.Event)
+    stop_lag: float = 0.0  # seconds a Stop takes to land (a real model sees it only after its current step)
 
 
 class Scripted:
@@ -63,7 +65,9 @@ class Scripted:
         hold.started.set()
         while not (stop.is_set() or hold.release.is_set()):
             stop.wait(0.01)
-        if not stop.is_set():
+        if stop.is_set():
+            time.sleep(hold.stop_lag)
+        else:
             generation.emit(hold.rest)
         generation.finish("stop")
 

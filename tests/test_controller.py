@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import gradio as gr
 import pytest
 
-from saferdemo.app.controller import ChatController
+from saferdemo.app.controller import NO_CHANGE, ChatController
 from saferdemo.app.models import ModelChoice, load_models, share_cpu_cores
 from saferdemo.app.session import Column
 from saferdemo.app.state import Conversation, UpdatePacer
@@ -121,7 +121,8 @@ def test_clear_and_regenerate_during_a_turn_keep_the_history_consistent(controll
     stream = controller.respond(pending, conv, *SETTINGS)
     next(stream)
     conv, *_ = controller.clear(conv)  # Clear while the regenerated turn streams
-    assert list(stream) == [] and conv.exchanges == [] and conv.chats == {"base": [], "aligned": []}
+    # The old turn's last update changes nothing: Gradio repeats it in its last message, after Clear's.
+    assert list(stream) == [NO_CHANGE] and conv.exchanges == [] and conv.chats == {"base": [], "aligned": []}
 
 
 def test_a_lone_surrogate_is_cleaned_and_the_session_goes_on(controller):
@@ -156,6 +157,26 @@ def test_stop_ends_every_phase_with_a_stopped_note_and_no_spinner(controller):
         assert "Stopped" in chat[-1].content and 'class="sd-stop"' in chat[-1].content and "⏹" not in chat[-1].content
         assert "truncated" not in str([m.metadata for m in chat])
     assert len(conv.exchanges) == 1 and stop_button.interactive is False  # the last update turns Stop off
+
+
+def test_end_turns_waits_until_the_stopped_turn_has_sent_its_last_update(controller):
+    """Clear's and Regenerate's first step in the UI: it returns only once the turn's last update is out (Gradio
+    resumes a generator after sending its update), so nothing of the turn lands after what they draw, and the
+    browser has closed the turn's respond event before the next turn's starts (it skipped it: a lost turn)."""
+    import threading
+
+    conv = Conversation()
+    _, pending, conv, *_ = controller.submit({"text": "Complete the list.", "files": [str(EXAMPLES / "1-fraud.png")]}, conv)
+    stream = controller.respond(pending, conv, *SETTINGS)
+    next(stream)
+    ending = threading.Thread(target=controller.end_turns)  # session "default", as the stream's
+    ending.start()
+    ending.join(1.0)
+    assert ending.is_alive()  # the stopped turn's updates are still to be sent
+    *_, (base, *_, stop_button) = list(stream)
+    ending.join(10)
+    assert not ending.is_alive() and len(controller.stops) == 0
+    assert "Stopped" in base[-1].content and stop_button.interactive is False  # its last update: where it stopped
 
 
 def test_a_cancelled_audit_stops_and_reports_what_it_did(controller):

@@ -11,29 +11,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 import gradio as gr
 from PIL import Image
 
-from saferdemo.app.charts import scores_figure
 from saferdemo.app.inputs import (SEED_MAX, check_turn, message_parts, open_image, refused, regenerate_hint,  # noqa: F401
                                   seed_of, turn_settings)
 from saferdemo.app.media import MediaFolder
-from saferdemo.app.observability import log_turn, turn_record
-from saferdemo.app.pending import PendingHold
-from saferdemo.app.render import cut_last_turn, judgement_records, turn_messages, user_messages
-from saferdemo.app.session import Column, Comparison, Exchange, in_column_order
+from saferdemo.app.render import cut_last_turn, user_messages
+from saferdemo.app.session import Column, Comparison, in_column_order
 from saferdemo.limits import tokens as count_tokens
 from saferdemo.app.state import (COLUMN_NAMES, Conversation, Limits, Pending, StopRegistry, UpdatePacer, clean_text,
                                  return_memory, session_of)
-from saferdemo.safety_loop import Turn
-
-
-def stop_button(running: bool) -> gr.Button:
-    """The Stop button's state, sent with a turn's first and last updates (no events of its own)."""
-    return gr.Button(interactive=running)
+from saferdemo.app.turn_stream import NO_CHANGE, stop_button, turn_updates  # noqa: F401 (stop_button: for ui)
 
 
 EMPTY_MESSAGE = "Type a message to send (and attach a card image if you like), or pick an example below the box."
@@ -94,6 +85,7 @@ class ChatController:
                 request: gr.Request = None):
         """Stream both columns' turns into the chats; the turn enters the history however it ends."""
         if not pending or pending.epoch != conv.epoch:  # nothing to answer, or Clear came in between
+            yield NO_CHANGE  # not nothing: for a generator that yields nothing, Gradio blanks every output
             return  # (a superseded turn leaves the Stop button to the action that superseded it)
         try:
             params, loops = turn_settings(temperature, top_p, max_new_tokens, threshold, loop_base, loop_aligned, seed,
@@ -104,56 +96,11 @@ class ChatController:
             conv.chats = {name: cut_last_turn(chat) for name, chat in conv.chats.items()}
             yield conv.chats["base"], conv.chats["aligned"], gr.skip(), conv, None, stop_button(False)
             raise
-        if pending.stopped:
-            stop.set()
-        chats, turns = conv.chats, {}
-        prefix = {name: len(chat) for name, chat in chats.items()}
-        history = list(conv.exchanges)
-        # The exchange enters the history now and its answers fill in as they stream, so every update sent
-        # carries a consistent history: on ZeroGPU this runs in a worker process, and after a Stop only what
-        # was yielded reaches the session (Regenerate then redoes the stopped turn).
-        exchange = Exchange(pending.text, pending.images, {}, pending.shown,
-                            settings={"params": asdict(params), "loops": {n: asdict(c) for n, c in loops.items()}})
-        conv.exchanges.append(exchange)
-        epoch, last_draw = conv.epoch, 0.0
-        hold = PendingHold(self.limits.min_pending_s)
-
-        def redraw():  # rebuilt from the latest snapshots only when drawn, not at every streamed chunk
-            for name, turn in turns.items():
-                chats[name] = chats[name][: prefix[name]] + turn_messages(turn)
-                exchange.answers[name] = turn.final_answer
-            hold.drawn(turns)
-
-        events = self.comparison.run(history, pending.text, pending.images, params, stop, loops, session_of(request))
         try:
-            with self.pacer.turn() as pace:  # this turn's share of the server's update budget
-                undrawn = False  # a snapshot was skipped by the throttle since the last redraw
-                for name, turn in events:
-                    if conv.epoch != epoch:
-                        break  # Clear or Regenerate took over (they also stop the generation)
-                    new_stage = hold.changed(name, turn)
-                    if undrawn and new_stage:  # a stage ends: show all of it before it folds
-                        redraw()
-                        yield chats["base"], chats["aligned"], gr.skip(), conv, None, gr.skip()
-                    turns[name] = turn
-                    streaming = turn.phase in ("drafting", "reflecting")
-                    due = time.perf_counter() - last_draw >= pace.interval()
-                    undrawn = streaming and not due and not new_stage
-                    if not undrawn:  # a new stage is always drawn
-                        hold.wait(turns)
-                        last_draw = time.perf_counter()
-                        redraw()
-                        yield chats["base"], chats["aligned"], gr.skip(), conv, None, gr.skip()
-        finally:  # also when Stop cancels this generator: the turn is in the history as far as it got
-            events.close()  # left early (Stop, a closed tab): this sets the stop event and ends both columns
+            yield from turn_updates(self, pending, conv, params, loops, stop, request)
+        finally:  # only once its last update has gone out (Gradio resumes a generator after sending what it
+            # yielded): `end_turns` waits for this, so nothing of the turn reaches the browser after a Clear
             self.stops.release(session_of(request), stop)
-            if stop.is_set():  # the last snapshots came before Stop: end them in the phase they reached
-                turns.update({name: turn.ended_by_stop() for name, turn in turns.items()})
-            if conv.epoch == epoch:
-                redraw()
-                self._record(conv, len(conv.exchanges), pending, turns, request)
-        if conv.epoch == epoch:
-            yield chats["base"], chats["aligned"], scores_figure(conv.records) if conv.records else None, conv, None, stop_button(False)
 
     def compare(self, message: dict | None, temperature: float, top_p: float, max_new_tokens: int, threshold: float,
                 loop_base: bool, loop_aligned: bool, seed: float | None = -1, request: gr.Request = None):
@@ -185,7 +132,7 @@ class ChatController:
         yield in_column_order(turns)
 
     def regenerate(self, conv: Conversation, request: gr.Request = None):
-        self.stop(request)  # a turn still streaming ends first (the UI also cancels its event)
+        self.stop(request=request)  # a turn still streaming ends first (the UI waits for it: `end_turns`)
         if not conv.exchanges:
             raise gr.Error("Nothing to regenerate yet.")
         conv.epoch += 1
@@ -214,11 +161,19 @@ class ChatController:
         still waiting in the queue (`pending`) ends as soon as it starts."""
         if pending is not None:
             pending.stopped = True
-        self.stops.stop(session_of(request))
+        self.stops.stop(session_of(request), keep=True)  # kept until released: `end_turns` waits for them
+
+    def end_turns(self, request: gr.Request = None) -> None:
+        """Clear's and Regenerate's first step in the UI: stop the session's turns and wait until each has sent
+        its last update. Without it an update of the old turn could land after the emptied chats and redraw them,
+        and the browser, which runs the respond event once at a time, skipped the next turn's while the old one
+        was still open (a lost turn). Past `Limits.stop_wait_s` the old turn is superseded and draws nothing."""
+        self.stop(request=request)
+        self.stops.wait_ended(session_of(request), self.limits.stop_wait_s)
 
     def clear(self, conv: Conversation | None = None, request: gr.Request = None):
         """Empty the conversation in place (a turn still streaming holds it too, and sees the new epoch)."""
-        self.stop(request)  # a turn still streaming ends first (the UI also cancels its event)
+        self.stop(request=request)  # a turn still streaming ends first (the UI also cancels its event)
         conv = conv or Conversation()
         conv.exchanges, conv.records, conv.epoch = [], [], conv.epoch + 1
         conv.chats = {name: [] for name in COLUMN_NAMES}
@@ -287,11 +242,3 @@ class ChatController:
 
     def _audit_folder(self, keep: int = 8) -> Path:
         return self.media.audit_folder(keep)
-
-    def _record(self, conv: Conversation, index: int, pending: Pending, turns: dict[str, Turn], request) -> None:
-        conv.exchanges[-1].results = in_column_order(turns)
-        for name, turn in turns.items():
-            conv.records += judgement_records(turn, name, index)
-            log_turn(turn_record(session_of(request), name, self.titles.get(name, name), turn, len(pending.text),
-                                 len(pending.images)))
-

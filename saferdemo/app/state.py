@@ -52,7 +52,7 @@ class StopRegistry:
     def __init__(self, cap: int | None = None):
         self.cap = cap
         self._events: dict[str, list[threading.Event]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()  # a lock that `wait_ended` can also wait on for releases
 
     def new(self, session: str) -> threading.Event:
         """A stop event for a new turn of the session; a LimitError when the session already runs `cap`."""
@@ -76,8 +76,8 @@ class StopRegistry:
             return events[-1]
 
     def stop(self, session: str, keep: bool = False) -> None:
-        """Set the session's events; `keep` leaves them registered (an audit armed but still queued finds its
-        event set when it starts)."""
+        """Set the session's events; `keep` leaves them registered until their turns release them (an audit
+        armed but still queued finds its event set when it starts; `wait_ended` waits for a stopped turn)."""
         with self._lock:
             events = list(self._events.get(session, ())) if keep else self._events.pop(session, [])
         for event in events:
@@ -91,6 +91,13 @@ class StopRegistry:
                 events.remove(event)
             if not events:
                 self._events.pop(session, None)
+            self._lock.notify_all()
+
+    def wait_ended(self, session: str, timeout: float) -> bool:
+        """Until every turn of the session has been released, stopped ones included (`stop` with `keep`);
+        False if `timeout` passed first."""
+        with self._lock:
+            return self._lock.wait_for(lambda: session not in self._events, timeout)
 
     def __len__(self) -> int:
         """Events held, all sessions together."""

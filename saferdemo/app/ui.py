@@ -128,25 +128,32 @@ class _ChatTab:
                                  api_name="submit")
         run = echoed.then(respond, [pending, conv, *settings], [*outputs, self.stop_btn], api_name="respond")
         temperature, seed = settings[0], settings[-1]
+        # Regenerate and Clear first end the session's turn (`end_turns`: stopped, and waited for until it has
+        # sent its last update), so nothing of it lands after what they draw, and its respond event is closed
+        # in the browser before the next turn's starts (the browser skips an event that is still open).
+        end_turns = dict(fn=controller.end_turns, inputs=None, outputs=None, api_name=False, show_progress="hidden",
+                         concurrency_limit=None)  # it only waits: never queued behind other sessions' turns
         regen_checked = self.regen_btn.click(controller.check_regenerate, [conv, temperature, seed], None, api_name=False)
-        regen = regen_checked.success(controller.regenerate, [conv], [pending, conv, *chats, self.stop_btn],
-                                      api_name="regenerate")
+        regen_ended = regen_checked.success(**end_turns)
+        regen = regen_ended.success(controller.regenerate, [conv], [pending, conv, *chats, self.stop_btn],
+                                    api_name="regenerate")
         again = regen.then(respond, [pending, conv, *settings], [*outputs, self.stop_btn], api_name=False)
-        # Clear cancels every step of a turn still on its way, not only the one running now. Stop ends the
-        # turn through its stop event instead: the turn ends itself at the next token and its last update
+        # Clear also cancels every step of a turn still on its way (Gradio's browser code does so after
+        # `end_turns`, which has let a running turn end: a turn still queued never starts). Stop ends
+        # the turn through its stop event instead: the turn ends itself at the next token and its last update
         # shows where it stopped. On ZeroGPU the turn runs in another process that the event cannot reach,
         # so there Stop cancels it too (the chats keep what they last showed).
-        turn_events = [checked, echoed, run, regen_checked, regen, again]
+        turn_events = [checked, echoed, run, regen_checked, regen_ended, regen, again]
         stop_off = lambda: stop_button(False)  # noqa: E731
         self.stop_btn.click(controller.stop, [pending], None, cancels=turn_events if self.gpu else None,
                             api_name="stop").then(stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
         self.export_btn.click(lambda conv: gr.File(controller.export(conv), visible=True), [conv], self.exported,
                               api_name="export")
         clear = [controller.clear, [conv], [conv, *chats, self.plot, pending]]
-        self.clear_btn.click(*clear, cancels=turn_events, api_name="clear").then(
+        self.clear_btn.click(**end_turns, cancels=turn_events).then(*clear, api_name="clear").then(
             stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
         for chat in chats:  # each chat's own trash icon clears the whole conversation too (one state for both)
-            chat.clear(*clear, cancels=turn_events, api_name=False)
+            chat.clear(**end_turns, cancels=turn_events).then(*clear, api_name=False)
 
 
 def about(titles: dict[str, str]) -> str:
