@@ -53,9 +53,9 @@ class Limits:
     # A pending state (thinking open, the GRM judging, a reflection) stays on screen at least this long: the
     # bundled models draft and judge in a fraction of a second, and the story of a turn would flash past.
     min_pending_s: float = 0.4
-    # Clear and Regenerate wait this long at most for the session's stopped turn to send its last update (it
-    # stops at its next token; a long prefill on a CPU can delay that). Past it they go on: the old turn is
-    # superseded and draws nothing more.
+    # Clear, Regenerate and a send wait this long at most for the session's stopped turn to send its last update
+    # (it stops at its next token; a long prefill on a CPU can delay that). Past it Clear and Regenerate go on (the
+    # old turn is superseded and draws nothing more); a send is refused, its text kept, to be sent again.
     stop_wait_s: float = 30.0
     # The generation settings' ranges (the Parameters sliders'; a program may send any number).
     temperature: tuple[float, float] = (0.0, 1.5)

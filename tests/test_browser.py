@@ -206,16 +206,22 @@ def test_stop_in_each_phase_says_where_it_stopped(browser, phase, shown, where):
         demo.close()
 
 
-def test_clear_waits_for_a_stopped_turn_that_takes_a_while_to_end(browser):
-    """Stop reaches a real model only after its current step (a long prefill on a CPU). Clear used to empty the
-    chats at once: the old turn's respond event stayed open in the browser until it ended, and the browser
-    skipped the next turn's respond event meanwhile (the message was echoed, never answered)."""
-    hold = Hold(stop_lag=3.0)
+def held_app(hold):
+    """An app whose base column holds its first turn (`hold`) and answers "Answer." after; aligned answers at once."""
     base = Scripted("base", hold, "<think>\nt\n</think>\nAnswer.")
     grm, _ = judge_by({}, default=SAFE)
     columns = {"base": Column("base", base), "aligned": Column("aligned", Scripted("aligned", "<think>\nt\n</think>\nSorry."))}
     demo = build_app(columns, grm, {"base": "scripted", "aligned": "scripted", "grm": "scripted"})
     launch(demo, {}, port=None, block=False)
+    return demo
+
+
+def test_clear_waits_for_a_stopped_turn_that_takes_a_while_to_end(browser):
+    """Stop reaches a real model only after its current step (a long prefill on a CPU). Clear used to empty the
+    chats at once: the old turn's respond event stayed open in the browser until it ended, and the browser
+    skipped the next turn's respond event meanwhile (the message was echoed, never answered)."""
+    hold = Hold(stop_lag=3.0)
+    demo = held_app(hold)
     try:
         page = open_page(browser, demo.local_url)
         send(page, "Complete the list on this card.")
@@ -227,6 +233,54 @@ def test_clear_waits_for_a_stopped_turn_that_takes_a_while_to_end(browser):
         wait_turns(page, timeout=30_000)  # answered, and nothing of the stopped turn came back
         expect(column(page, "base")).to_contain_text("Answer.")
         assert "Stopped" not in column(page, "base").inner_text()
+        page.close()
+    finally:
+        hold.release.set()
+        demo.close()
+
+
+def test_a_message_sent_while_a_stopped_turn_ends_is_answered(browser):
+    """Stop, then send at once (no Clear), while the stopped turn takes 3 s to end: the send waits for it. It used
+    to be echoed and never answered (the browser skipped its respond event: the old one was still open)."""
+    hold = Hold(stop_lag=3.0)
+    demo = held_app(hold)
+    try:
+        page = open_page(browser, demo.local_url)
+        send(page, "Complete the list on this card.")
+        aligned, base = column(page, "aligned"), column(page, "base")
+        expect(aligned.locator(".sd-strip")).to_have_count(1, timeout=30_000)  # base is held
+        page.click("#stop")
+        send(page, "What does the card say?")
+        expect(base).to_contain_text("Answer.", timeout=30_000)  # the second message is answered
+        expect(aligned.locator(".sd-strip")).to_have_count(2, timeout=30_000)
+        expect(page.locator("#stop")).to_be_disabled(timeout=30_000)
+        expect(base).to_contain_text("Stopped while drafting.")  # the first turn says where it stopped
+        expect(base.locator(".message-row.user-row")).to_have_count(2)  # both messages, each once
+        page.close()
+    finally:
+        hold.release.set()
+        demo.close()
+
+
+def test_a_message_sent_while_a_turn_runs_is_refused_and_kept(browser):
+    """A send while a turn is answered (not stopped) gets a note and stays in the box; it used to be echoed, then
+    wiped by the running turn's next redraw, never answered, and the box was emptied (a lost message)."""
+    hold = Hold()
+    demo = held_app(hold)
+    try:
+        page = open_page(browser, demo.local_url)
+        send(page, "Complete the list on this card.")
+        base = column(page, "base")
+        expect(column(page, "aligned").locator(".sd-strip")).to_have_count(1, timeout=30_000)  # base is held
+        send(page, "What does the card say?")
+        expect(page.locator("[data-testid='toast-body']")).to_contain_text("still answering", timeout=30_000)
+        expect(page.locator("#prompt textarea")).to_have_value("What does the card say?")
+        expect(base.locator(".message-row.user-row")).to_have_count(1)  # not echoed
+        hold.release.set()  # the first turn ends on its own
+        wait_turns(page, timeout=30_000)
+        page.locator("#prompt textarea").press("Enter")  # the kept message, sent again
+        wait_turns(page, 2, timeout=30_000)
+        expect(base).to_contain_text("Answer.")
         page.close()
     finally:
         hold.release.set()

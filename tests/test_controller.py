@@ -179,6 +179,37 @@ def test_end_turns_waits_until_the_stopped_turn_has_sent_its_last_update(control
     assert "Stopped" in base[-1].content and stop_button.interactive is False  # its last update: where it stopped
 
 
+def test_a_send_waits_for_a_stopped_turn_and_is_refused_while_a_turn_answers(controller, monkeypatch):
+    """`ready`, a send's step before its echo: the browser skips the next turn's respond event while the last one
+    is still open, so a send goes on only once the last turn has sent its last update (a stopped one is waited
+    for), and is refused with a note, keeping the text in the box, while a turn still answers or is queued."""
+    import dataclasses
+    import threading
+
+    message = {"text": "Complete the list.", "files": [str(EXAMPLES / "1-fraud.png")]}
+    _, pending, conv, *_ = controller.submit(message, Conversation())
+    with pytest.raises(gr.Error, match="still answering"):
+        controller.ready(pending)  # submitted, its turn not started yet
+    stream = controller.respond(pending, conv, *SETTINGS)
+    next(stream)
+    with pytest.raises(gr.Error, match="still answering"):
+        controller.ready(None)  # answering (its first update empties `pending`)
+    controller.stop(pending)
+    monkeypatch.setattr(controller, "limits", dataclasses.replace(controller.limits, stop_wait_s=0.05))
+    with pytest.raises(gr.Error, match="still ending"):
+        controller.ready(pending)  # stopped, its last update not sent yet past the wait: send again later
+    monkeypatch.undo()
+    outcome = []
+    waiting = threading.Thread(target=lambda: outcome.append(controller.ready(pending)))
+    waiting.start()
+    waiting.join(1.0)
+    assert waiting.is_alive()  # the stopped turn's updates are still to be sent
+    *_, (base, *_) = list(stream)
+    waiting.join(10)
+    assert outcome == [None] and "Stopped" in base[-1].content  # its last update went out, then the send goes on
+    controller.ready(None)  # nothing live: at once
+
+
 def test_a_cancelled_audit_stops_and_reports_what_it_did(controller):
     controller.arm_audit()  # the Run button's first step (session "default" without a request)
     lines = []

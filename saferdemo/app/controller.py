@@ -28,6 +28,9 @@ from saferdemo.app.turn_stream import NO_CHANGE, stop_button, turn_updates  # no
 
 
 EMPTY_MESSAGE = "Type a message to send (and attach a card image if you like), or pick an example below the box."
+BUSY_MESSAGE = ("The models are still answering your last message. Wait for the answers, or press Stop, then "
+                "send again: your message stays in the box.")
+ENDING_MESSAGE = "The stopped turn is still ending. Send again in a moment: your message stays in the box."
 
 
 class ChatController:
@@ -57,6 +60,19 @@ class ChatController:
         for path in paths:
             open_image(path, self.limits)
         return_memory()  # the decodes were only a check
+
+    def ready(self, pending: Pending | None, request: gr.Request = None) -> None:
+        """A send's second step (after `check`, before `submit` echoes it): the session's last turn must have ended.
+        The browser runs the respond event once at a time and skips it while the last turn's is still open, and
+        that turn's updates redraw the chats and empty `pending`: a message sent meanwhile was echoed, wiped and
+        never answered. A stopped turn is waited for (it sends its last update within `Limits.stop_wait_s`); a
+        turn still answering, or still queued (`pending` is only emptied by its first update), is not: a send is
+        refused with a note and stays in the box (no output here: the box is emptied by `submit` only)."""
+        session = session_of(request)
+        if self.stops.running(session) or (pending is not None and not pending.stopped):
+            raise gr.Error(BUSY_MESSAGE, title="Not sent yet", print_exception=False)
+        if not self.stops.wait_ended(session, self.limits.stop_wait_s):
+            raise gr.Error(ENDING_MESSAGE, title="Not sent yet", print_exception=False)
 
     def check_regenerate(self, conv: Conversation, temperature: float = 0.0, seed=None) -> None:
         if not conv.exchanges:

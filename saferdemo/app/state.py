@@ -93,6 +93,11 @@ class StopRegistry:
                 self._events.pop(session, None)
             self._lock.notify_all()
 
+    def running(self, session: str) -> bool:
+        """Whether a turn of the session is live and not stopped (a stopped one may still be ending)."""
+        with self._lock:
+            return any(not event.is_set() for event in self._events.get(session, ()))
+
     def wait_ended(self, session: str, timeout: float) -> bool:
         """Until every turn of the session has been released, stopped ones included (`stop` with `keep`);
         False if `timeout` passed first."""

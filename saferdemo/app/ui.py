@@ -124,8 +124,14 @@ class _ChatTab:
         # A turn is two events after its check: submit echoes the message and turns Stop on, respond streams
         # and turns it off with its last update (submit stays its own event so the echo is immediate, also on
         # ZeroGPU, where respond waits for a GPU).
-        echoed = checked.success(controller.submit, [self.box, conv], [self.box, pending, conv, *chats, self.stop_btn],
-                                 api_name="submit")
+        # `ready` then waits for a stopped turn to send its last update (or refuses a send while a turn still
+        # answers): the old turn's respond event must be closed in the browser before this turn's is triggered
+        # (the browser skips an event still open), and that close follows its last update, ahead of ready's and
+        # submit's round trips. Waiting before the echo also keeps the old turn's last redraw from wiping it.
+        ready = checked.success(controller.ready, [pending], None, api_name=False, show_progress="hidden",
+                                concurrency_limit=None)  # it only waits: never queued behind other sessions' turns
+        echoed = ready.success(controller.submit, [self.box, conv], [self.box, pending, conv, *chats, self.stop_btn],
+                               api_name="submit")
         run = echoed.then(respond, [pending, conv, *settings], [*outputs, self.stop_btn], api_name="respond")
         temperature, seed = settings[0], settings[-1]
         # Regenerate and Clear first end the session's turn (`end_turns`: stopped, and waited for until it has
@@ -143,7 +149,7 @@ class _ChatTab:
         # the turn through its stop event instead: the turn ends itself at the next token and its last update
         # shows where it stopped. On ZeroGPU the turn runs in another process that the event cannot reach,
         # so there Stop cancels it too (the chats keep what they last showed).
-        turn_events = [checked, echoed, run, regen_checked, regen_ended, regen, again]
+        turn_events = [checked, ready, echoed, run, regen_checked, regen_ended, regen, again]
         stop_off = lambda: stop_button(False)  # noqa: E731
         self.stop_btn.click(controller.stop, [pending], None, cancels=turn_events if self.gpu else None,
                             api_name="stop").then(stop_off, None, self.stop_btn, api_name=False, show_progress="hidden")
