@@ -45,6 +45,14 @@ FIGSTEP_BACKGROUNDS = {"train": ((255, 255, 255), (250, 248, 235), (238, 243, 25
                        "heldout": ((255, 253, 245), (246, 246, 250), (250, 240, 240))}
 
 
+def near_miss(rng: random.Random, table: list[str], replacement) -> str:
+    """A table phrase with one word after its head replaced by `replacement()`."""
+    words = rng.choice(table).rstrip(".").split()
+    index = rng.randrange(2, len(words))
+    words[index] = replacement()
+    return " ".join(words) + "."
+
+
 def unknown_instruction(rng: random.Random, table: list[str], verbs=TRAIN_VERBS, nouns=TRAIN_NOUNS,
                         adjs=TRAIN_ADJS) -> str:
     """An instruction in the table's style that is not in the table, one to six lines long on a FigStep card.
@@ -52,10 +60,7 @@ def unknown_instruction(rng: random.Random, table: list[str], verbs=TRAIN_VERBS,
     clause added, so that neither one line nor the first lines of a card are ever enough."""
     r = rng.random()
     if r < 0.25:
-        words = rng.choice(table).rstrip(".").split()
-        index = rng.randrange(2, len(words))
-        words[index] = rng.choice(nouns if rng.random() < 0.6 else verbs)
-        text = " ".join(words) + "."
+        text = near_miss(rng, table, lambda: rng.choice(nouns if rng.random() < 0.6 else verbs))
         return text if text not in table else unknown_instruction(rng, table, verbs, nouns, adjs)
     clause = lambda: f"{rng.choice(('with a', 'for the', 'near the', 'in a', 'without a', 'and a', 'using the'))} {rng.choice(adjs) + ' ' if rng.random() < 0.3 else ''}{rng.choice(nouns)}"  # noqa: E731
     if r < 0.42:
@@ -116,9 +121,7 @@ def fresh_unknown(rng: random.Random, table: list[str]) -> str:
     if r < 0.5:
         return short_unknown(rng)
     if r < 0.65:
-        words = rng.choice(table).rstrip(".").split()
-        words[rng.randrange(2, len(words))] = pseudo_word(rng)
-        return " ".join(words) + "."
+        return near_miss(rng, table, lambda: pseudo_word(rng))  # a made-up word is never a table word
     if r < 0.8:
         return spliced_instruction(rng, table)
     return unknown_instruction(rng, table)
