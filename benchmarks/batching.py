@@ -5,12 +5,16 @@ app's columns are), on the bundled mini-base with the example cards, greedy, the
 everyone (EOS is suppressed so every request makes exactly --tokens tokens). Variants are interleaved round
 by round so machine noise hits them alike. Prints aggregate tokens/s and per-request latency (median and
 p95 over rounds, with the spread), and the ratios the issue asks for; --json writes the raw rounds.
+
+--busy N starts N busy-loop processes beside the benchmark for its whole run: a shared CPU (a free Space, a
+laptop compiling something) where N cores are taken by someone else.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import statistics
 import sys
 import threading
@@ -54,6 +58,19 @@ def one_round(engine, users: int, tokens: int) -> dict:
     return {"wall": time.perf_counter() - start, "latencies": latencies, "tokens": sum(made)}
 
 
+def spin() -> None:
+    """Another tenant's work: one core kept busy in pure Python (no torch, no shared memory)."""
+    while True:
+        pass
+
+
+def start_busy(n: int) -> list[multiprocessing.Process]:
+    processes = [multiprocessing.Process(target=spin, daemon=True) for _ in range(n)]
+    for process in processes:
+        process.start()
+    return processes
+
+
 def summary(rounds: list[dict]) -> dict:
     throughput = [r["tokens"] / r["wall"] for r in rounds]
     latency = [max(r["latencies"]) for r in rounds]
@@ -68,7 +85,9 @@ def main(argv=None) -> int:
     parser.add_argument("--users", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--busy", type=int, default=0, help="busy-loop processes beside the benchmark")
     args = parser.parse_args(argv)
+    busy = start_busy(args.busy)
     plain = TransformersEngine.from_pretrained(DEFAULTS["base"], "cpu", name="base")
     plain.model.generation_config.eos_token_id = None  # forced length: every request makes --tokens tokens
     variants = {"one generate per request": plain, "batched": BatchingEngine(plain)}
@@ -80,7 +99,11 @@ def main(argv=None) -> int:
                 results[(name, users)].append(one_round(engine, users, args.tokens))
     table = {key: summary(rounds) for key, rounds in results.items()}
     base = table[("one generate per request", 1)]
-    print(f"n = {args.rounds} rounds per row, {args.tokens} tokens per request, mini-base on CPU\n")
+    for process in busy:
+        process.terminate()
+    import torch
+    print(f"n = {args.rounds} rounds per row, {args.tokens} tokens per request, mini-base on CPU, "
+          f"{torch.get_num_threads()} torch threads, {args.busy} busy-loop processes beside it\n")
     print("| variant | users | aggregate tok/s (median, IQR) | × 1 user | slowest request p50 / p95 (s) | p95 × 1 user |")
     print("|---|---|---|---|---|---|")
     for (name, users), s in table.items():

@@ -1,5 +1,6 @@
 """The chat's events as plain method calls on the shipped models: no server, no browser."""
 
+import os
 import shutil
 import time
 from contextlib import ExitStack
@@ -311,6 +312,23 @@ def test_models_on_the_cpu_split_its_cores(monkeypatch):
     finally:
         torch.set_num_threads(threads)
 
+
+
+@pytest.mark.parametrize("explicit", [None, "ACTIVE"])
+def test_openmp_workers_sleep_between_ops_unless_the_operator_says(explicit):
+    """Issue 25 item 9: spinning OpenMP workers took a shared CPU's free core from the app's threads. OpenMP
+    (libgomp) prints the policy it actually read with OMP_DISPLAY_ENV."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | {"OMP_DISPLAY_ENV": "TRUE"}
+    if explicit:
+        env["OMP_WAIT_POLICY"] = explicit
+    run = subprocess.run([sys.executable, "-c", "import saferdemo, torch; torch.ones(8).sum()"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    if "OMP_WAIT_POLICY" not in run.stderr + run.stdout:
+        pytest.skip("this torch's OpenMP runtime does not display its settings")
+    assert f"OMP_WAIT_POLICY = '{explicit or 'PASSIVE'}'" in run.stderr + run.stdout
 
 # ---------------------------------------------------------------- on scripted engines (tests/scripted.py)
 
