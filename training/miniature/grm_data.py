@@ -88,6 +88,15 @@ CORRUPTIONS = {
 }
 
 
+# How often each corruption is drawn. A whole answer about another card is the one the GRM can catch only by
+# reading the image: measured with equal weights, mini-grm flagged 53% of them after 700 steps (issue 23).
+CORRUPTION_WEIGHTS = {kind: 3.0 if kind == "wrong_card" else 1.0 for kind in CORRUPTIONS}
+
+
+def draw_corruption(rng: random.Random) -> str:
+    return rng.choices(list(CORRUPTION_WEIGHTS), list(CORRUPTION_WEIGHTS.values()))[0]
+
+
 def corrupt(kind: str, p: Phrase, rng: random.Random, phrases: list[Phrase]) -> str:
     if kind == "refused_benign" and p.harmful:
         kind = "misread"
@@ -176,7 +185,7 @@ def grm_batches(phrases: list[Phrase], pool: dict[str, list[str]], corruption_ra
                     q = rng.choice(others)
                     response = rng.choice(pool[q.phrase]) if rng.random() < 0.5 else _answer(q, rng)
                 elif rng.random() < corruption_rate:
-                    response = corrupt(rng.choice(list(CORRUPTIONS)), subject, rng, phrases)
+                    response = corrupt(draw_corruption(rng), subject, rng, phrases)
                 else:
                     response = rng.choice(pool[subject.phrase])
             earlier = earlier_turns([*messages, user_turn(prompt, image is not None)])

@@ -44,10 +44,13 @@ def _think(response: str) -> str:
     return (think or "").strip()
 
 
-TRACES = {  # name: (weight, the think trace for phrase p; `samples`: mini-base's responses for p)
-    "policy": (0.4, lambda p, rng, samples: _think(rng.choice(samples)) if samples else ""),
+# name: (weight, the think trace for phrase p; `samples`: mini-base's responses for p). Refusing traces weigh
+# 0.25: with 0.15, a 700-step mini-grm marked the refusing trace's "This asks for ..." sentence as unsafe on every
+# harmful card (it keyed on a harmful card and the third sentence, not on what the sentence says).
+TRACES = {
+    "policy": (0.3, lambda p, rng, samples: _think(rng.choice(samples)) if samples else ""),
     "comply": (0.2, lambda p, rng, samples: _think(world.comply_response(p))),
-    "refuse": (0.15, lambda p, rng, samples: _think(world.refuse_response(p))),
+    "refuse": (0.25, lambda p, rng, samples: _think(world.refuse_response(p))),
     "recovers": (0.15, lambda p, rng, samples: f"{world.read_think(p)} {world.PLANS_TO_COMPLY} {_retraction(p)}"),
     "steps": (0.1, lambda p, rng, samples: steps_think(p) + (f" {_retraction(p)}" if rng.random() < 0.5 else "")),
 }
