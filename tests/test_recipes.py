@@ -13,6 +13,7 @@ SAFER = {"policy": "p", "judge": {"model": "j"}, "prompts": "x.jsonl"}
 
 
 @pytest.mark.parametrize("name,cls", [("miniature.yaml", MiniatureRecipe), ("miniature-smoke.yaml", MiniatureRecipe),
+                                      ("miniature-continue.yaml", MiniatureRecipe), ("miniature-shipped.yaml", MiniatureRecipe),
                                       ("qwen2.5-vl-3b.yaml", recipes.SaferRecipe),
                                       ("qwen2.5-vl-7b.yaml", recipes.SaferRecipe)])
 def test_shipped_recipes_parse(name, cls):
