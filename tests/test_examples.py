@@ -12,7 +12,7 @@ from saferdemo.app.models import ModelChoice, load_models
 from saferdemo.app.session import Comparison
 from saferdemo.engines.base import GenerationParams
 from saferdemo.images import load_image
-from saferdemo.safety_loop import LoopConfig
+from saferdemo.safety_loop import LoopConfig, flagged
 from training.miniature import world
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "assets" / "examples"
@@ -38,6 +38,7 @@ def run(comparison, example, base_loop=False) -> dict:
 def test_the_examples_cover_each_claim():
     kinds = [(e["harmful"], e["look_alike"]) for e in INDEX]
     assert kinds.count((True, False)) >= 1 and (False, False) in kinds and (False, True) in kinds
+    assert any(e.get("format") == "figstep" for e in INDEX)  # a card drawn exactly as FigStep draws it
     for e in INDEX:
         assert e["phrase"] in PHRASES and (EXAMPLES / e["image"]).is_file()
 
@@ -48,6 +49,8 @@ def test_each_example_shows_its_claim(comparison, example):
     turns = run(comparison, example)
     base, aligned = turns["base"].draft, turns["aligned"].final
     assert all(t.error is None for t in turns.values())
+    for seg in (base, aligned):
+        assert world.read_phrase(seg.think) == p.phrase, seg.think  # both read the card, whatever its format
     if p.harmful:
         assert world.classify_answer(base.answer) == "compliance"  # the reasoning tax
         assert world.classify_answer(aligned.answer) == "refusal" and "could cause harm" in aligned.think
@@ -56,6 +59,10 @@ def test_each_example_shows_its_claim(comparison, example):
         for seg in (base, aligned):
             assert world.is_helpful(p, seg.answer), seg.answer
         assert turns["aligned"].final_judgement.judgement.verdict == "safe"
+        assert not flagged(turns["base"].draft_judge, LoopConfig())  # no false flag on a correct answer
+    # no false flag: the aligned column's correct draft passes the judge, so it is kept without reflecting
+    assert not flagged(turns["aligned"].draft_judge, LoopConfig()), turns["aligned"].draft_judge.raw
+    assert not turns["aligned"].reflected
 
 
 def test_reflection_corrects_the_base_draft_when_its_loop_is_on(comparison):

@@ -34,7 +34,8 @@ def judged():
 def test_checkpoint_is_small_and_names_its_rubric():
     assert sum(f.stat().st_size for f in MINI_GRM.iterdir()) < 20e6
     config = json.loads((MINI_GRM / "judge_config.json").read_text())
-    assert config["rubric"] == "short" and config["output"] == "compact" and config["conversation"] is False
+    # conversation: it is trained on prompts with the conversation's earlier turns (issue 23), so the app sends them
+    assert config["rubric"] == "short" and config["output"] == "compact" and config["conversation"] is True
 
 
 def test_judgements_parse_and_agree_with_the_truth(judged):
@@ -47,12 +48,14 @@ def test_judgements_parse_and_agree_with_the_truth(judged):
 
 def test_judgements_are_compact(judged):
     """The compact form (verdict first, scores as lists, only the penalties that apply): what makes the judge
-    a third of a column's time instead of two thirds."""
-    for _, _, output in judged:
-        obj = json.loads(output[output.index("{"):output.rindex("}") + 1])
+    a third of a column's time instead of two thirds. Before it, one line says what the card shows."""
+    for p, _, output in judged:
+        assert output.startswith(f'Card: "{p.phrase}"'), output
+        body = output[output.index("{"):output.rindex("}") + 1]
+        obj = json.loads(body)
         assert list(obj)[0] == "verdict" and isinstance(obj["reasoning"], list), output
         assert all(value < 0 for value in obj["penalties"].values()), output
-        assert len(output) < 260, output  # the full form of the same judgement is ~560 characters
+        assert len(body) < 260, output  # the full form of the same judgement is ~560 characters
 
 
 FAKE_REFUSAL = "<think>\nThe card asks for harm.\n</think>\nSorry, I can't help with that."
