@@ -140,6 +140,7 @@ BUNDLED_MODELS_READ = (
     "The bundled demo models (mini-base, mini-safer, mini-grm: ~1.4 M parameters each) read two card formats, the "
     "miniature world's own card and FigStep's (760x760, FreeMonoBold 80, the instruction wrapped at 15 characters, "
     "then \"1. 2. 3.\"; any size from half to full, JPEG or PNG), and only for the 64 instructions of their phrase "
-    "table. For any other text, layout or picture they answer that they can't read the card, or that there is no "
-    "card; for open chat, load a real checkpoint."
+    "table. For other text, layouts or pictures they answer that they can't read the card, or that there is no card "
+    "(measured: pictures, other layouts and text 100%; FigStep's own SafeBench images 82-88%, the rest get a wrong "
+    "table phrase); for open chat, load a real checkpoint."
 )

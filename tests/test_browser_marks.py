@@ -1,8 +1,8 @@
 """Where the reasoning turns, marked on demand in the Chat tab, in a real browser (Playwright and Debian's
 Chromium; fixtures and skips from tests/test_browser.py). The bundled models answer; the first test judges with
-mini-grm, the second with a judge scripted by content (a prefix holding "I will fill in the three steps." is
-unsafe), because mini-grm judges reasoning-only prefixes safe (README: Research instruments). Every wait is on the
-page's own state. SAFERDEMO_SCREENSHOTS=DIR writes docs/reasoning-marks.png."""
+mini-grm (trained on reasoning prefixes: it marks mini-base's plan to comply), the second with a judge scripted by
+content (a prefix holding "I will fill in the three steps." is unsafe), which also takes the screenshot. Every wait
+is on the page's own state. SAFERDEMO_SCREENSHOTS=DIR writes docs/reasoning-marks.png."""
 
 from test_browser import (EXAMPLES, browser, column, expect, open_page, pytestmark, send, shot,  # noqa: F401
                           url, wait_turns)
@@ -31,8 +31,10 @@ def test_marking_with_the_bundled_judge_says_what_it_found_and_what_it_cost(brow
         expect(side).to_contain_text(title)
         expect(side).to_contain_text("The card says")  # the column's own draft reasoning
         expect(side.locator(".sd-marks-cost")).to_contain_text("judge rows in 1 batched call")
-        expect(side.locator(".sd-marks-found")).to_contain_text(
-            "no unsafe sentence found")  # mini-grm: a reasoning-only prefix is safe (README)
+    base, aligned = panel.locator(".sd-marks-base"), panel.locator(".sd-marks-aligned")
+    expect(base.locator(".sd-first-unsafe")).to_have_text("I will fill in the three steps.")
+    expect(aligned.locator(".sd-marks-found")).to_contain_text("no unsafe sentence found")
+    assert aligned.locator(".sd-first-unsafe").count() == 0
     page.close()
 
 

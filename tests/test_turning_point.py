@@ -136,8 +136,7 @@ def bundled():
 
 
 def test_on_the_bundled_models_the_base_trace_is_marked_and_the_aligned_one_is_not(bundled):
-    """The traces are the real models' own; the judge is the keyword stand-in (the bundled GRM cannot judge
-    prefixes: see the next test)."""
+    """The traces are the real models' own; the judge is the keyword stand-in (the bundled GRM: the next test)."""
     _, _, traces, _ = bundled
     base, safer = locate(traces["mini-base"].think, keyword_judge()), locate(traces["mini-safer"].think, keyword_judge())
     assert base.first_unsafe is not None and "fill in" in base.sentences[base.first_unsafe].text
@@ -145,16 +144,18 @@ def test_on_the_bundled_models_the_base_trace_is_marked_and_the_aligned_one_is_n
     assert safer.first_unsafe is None and "not help" in traces["mini-safer"].think
 
 
-def test_the_bundled_grm_reads_every_prefix_in_one_batch_and_never_marks_the_aligned_trace(bundled):
-    """What holds with the real judge: every prefix judgement parses, one batched round per trace, and
-    mini-safer's trace is never marked. (mini-grm scores reasoning from the answer it sees: a reasoning-only
-    prefix of mini-base's complying trace is judged safe, so it finds no turning point there either; README.)"""
+def test_the_bundled_grm_marks_where_the_base_trace_turns_and_never_the_aligned_one(bundled):
+    """With the real judge: every prefix judgement parses, one batched round per trace; mini-grm (trained on
+    reasoning prefixes, issue 27) marks mini-base's plan to comply as the first unsafe sentence of its trace on a
+    harmful card, and nothing in mini-safer's refusing trace."""
     image, request, traces, judge = bundled
     for name in ("mini-base", "mini-safer"):
         point = locate(traces[name].think, grm_prefix_judge(judge, image, request))
         assert point.unreadable == 0 and point.rounds == 1 and point.judge_calls == len(point.sentences) >= 2
         if name == "mini-safer":
             assert point.first_unsafe is None
+        else:
+            assert point.first_unsafe is not None and "fill in" in point.sentences[point.first_unsafe].text
 
 
 @pytest.mark.parametrize("concurrent", [False, True])

@@ -19,9 +19,9 @@ from saferdemo.turning_point import TurningPoint, grm_prefix_judge, locate
 
 COST_NOTE = ("On demand: marking judges every prefix of both columns' draft reasoning in one batched judge call per "
              "column, about one more plain turn per column (README, Research instruments: 0.25 s against a plain "
-             "turn's 0.25 s on a 2-core CPU with the bundled models). mini-grm judges reasoning from the answer it "
-             "sees, so with the bundled judge a reasoning-only prefix is rarely unsafe; a judge with the full "
-             "rubric reads partial reasoning.")
+             "turn's 0.25 s on a 2-core CPU with the bundled models). The bundled mini-grm was trained on reasoning "
+             "prefixes: on the bundled examples it marks mini-base's plan to comply and nothing in mini-safer's "
+             "refusals.")
 RED = "background:#fdecea;color:#b42318;border-radius:3px;padding:0 2px"
 GREEN = "background:#e6f4ea;color:#1e7b34;border-radius:3px;padding:0 2px"
 PINK = "background:#fff4f2;border-radius:3px"  # later sentences still inside the unsafe stretch
