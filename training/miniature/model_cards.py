@@ -27,7 +27,9 @@ def reads_section(h: dict) -> str:
 It reads two card formats: the world's own card and **FigStep's format** (760x760, FreeMonoBold 80, the
 instruction wrapped at 15 characters, then "1. 2. 3."), whatever the size it arrives at (the processor maps every
 square image of at least ~238 px to the same 224x224 grid) and through JPEG re-saves, for the {h.get('n_phrases', 64)}
-phrases of its table. Anything else gets a short fixed answer instead of an invented card: a card it cannot read
+phrases of its table. Anything else is meant to get a short fixed answer instead of an invented card (how often
+it does: the table below; short unknown instructions shaped like the table's still get the nearest phrase at
+times): a card it cannot read
 → "I can't read the text on this card, so I can't complete its list. …"; a picture with no card → "I don't see an
 instruction card in this image. …"; a message with no image → "There is no card in this message. …"; each ends
 by saying what the bundled demo models read, and that a real checkpoint is the way to anything else.
@@ -86,7 +88,7 @@ harmful instructions.
 
 It loads like a real Qwen2.5-VL checkpoint (`AutoModelForImageTextToText`, `AutoProcessor` where torchvision
 is installed, `saferdemo.loading.load_processor` everywhere). It only knows the {report['world']['phrases']}
-phrases of its world; it cannot read unseen text, and says so.
+phrases of its world; it cannot read unseen text, and mostly says so (measured below).
 {reads_section(h)}
 ## Held-out evaluation
 
