@@ -20,7 +20,8 @@ __version__ = "0.1.0"
 
 # Before torch loads OpenMP (so an import of saferdemo first is enough): its worker threads sleep between ops
 # instead of spinning. On a shared CPU, spinning workers take the free core from the app's own threads, which hand
-# every token over to each other. Measured on 2 cores with one taken by another process (benchmarks/busy_cpu.py):
-# batched, one user made 0.40x plain generate's tokens/s and eight users 478 tok/s; passive, 0.91x and 1,222 tok/s.
+# every token over to each other. Measured on 2 cores with one taken by another process (benchmarks/busy_cpu.py,
+# README): spinning, batched one user made 0.77x plain generate's tokens/s and eight users 355 tok/s; passive, 0.95x
+# and 964 tok/s.
 # An explicit OMP_WAIT_POLICY is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
