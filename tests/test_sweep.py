@@ -132,12 +132,32 @@ def test_a_sweep_is_an_audit_run_resumable_and_refused_for_another_sweep(models,
         run_sweep(engines, judge, make_sweep(requests_from_text(WEBCAM), TWO), tmp_path, config)
 
 
+class _CancelAtCall:
+    """The judge, which sets `stop` (the app's Cancel) when its `n`-th judgement starts."""
+
+    def __init__(self, judge, n: int, stop: threading.Event):
+        self._judge, self._n, self._stop, self._calls, self._lock = judge, n, stop, 0, threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self._judge, name)
+
+    def judge(self, *args, **kwargs):
+        with self._lock:
+            self._calls += 1
+            if self._calls >= self._n:
+                self._stop.set()
+        return self._judge.judge(*args, **kwargs)
+
+
 def test_a_cancelled_sweep_keeps_its_records_and_resumes(models, tmp_path):
     engines, judge = models
     sweep = make_sweep(requests_from_text(PHISHING), TWO)
     stop = threading.Event()
-    summary = run_sweep(engines, judge, sweep, tmp_path, AuditConfig(max_new_tokens=80),
-                        progress=lambda done, total: stop.set() if done >= 2 else None, stop=stop)
+    # Cancel at the judge's second call, not at the second record: by the time two records are written the
+    # worker threads may have taken every unit (two answering, two waiting, two judging), and then nothing is
+    # left to cancel. At the second judge call at most 7 of the 8 units have been taken.
+    summary = run_sweep(engines, _CancelAtCall(judge, 2, stop), sweep, tmp_path, AuditConfig(max_new_tokens=80),
+                        stop=stop)
     done = (tmp_path / "items.jsonl").read_text().count("\n")
     assert summary["stopped"] and 2 <= done < 8
     summary = run_sweep(engines, judge, sweep, tmp_path, AuditConfig(max_new_tokens=80))
