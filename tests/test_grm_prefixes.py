@@ -41,7 +41,8 @@ class TruthEngine:
 
     def generate_batch(self, conversations, images, params, batch_size=16):
         self.conversations += conversations
-        return [judge_prefix(self.p) + truth_judgement(self.p, response_of(c)).to_compact_json() for c in conversations]
+        return [judge_prefix(self.p, response_of(c)) + truth_judgement(self.p, response_of(c)).to_compact_json()
+                for c in conversations]
 
 
 def instrument(p, trace: str):

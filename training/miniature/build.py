@@ -87,6 +87,9 @@ class GRMBuildConfig:
     prefix_rate: float = 0.12  # share of reasoning prefixes judged as the turning-point instrument sends them
     stages: list[Stage] = field(default_factory=list)
     eval: GRMEvalConfig = field(default_factory=GRMEvalConfig)
+    # A mini-grm checkpoint to continue from instead of mini-base ("" = from mini-base): a judge that already
+    # reads cards and writes judgements learns a new output line in a few hundred steps (issue 23's quote line).
+    init_from: str = ""
 
 
 @dataclass
@@ -238,12 +241,12 @@ def build_base(recipe: MiniatureRecipe, folder: Path, phrases, timings: dict, po
 
 def build_grm(recipe: MiniatureRecipe, folder: Path, base_folder: Path, phrases, timings: dict,
               pool: ImagePool | None = None) -> dict:
-    """mini-grm: mini-base fine-tuned to write judgements (grm_data.py)."""
+    """mini-grm: mini-base (or the judge `grm.init_from`) fine-tuned to write judgements (grm_data.py)."""
     cfg = recipe.grm
     policy, processor = load_model(base_folder), load_processor(base_folder)
     samples = _timed(timings, "grm_sample_policy", grm_data.sample_policy_responses, policy, processor, phrases,
                      cfg.samples_per_phrase, "train", recipe.seed)
-    model = load_model(base_folder)
+    model = load_model(cfg.init_from or base_folder)
     batches = grm_data.grm_batches(phrases, samples, cfg.corruption_rate, pool, cfg.prefix_rate)
     losses = _train_stages(model, processor, cfg.stages, batches, recipe.seed + 100, "grm", timings)
     save_checkpoint(model, processor, folder)

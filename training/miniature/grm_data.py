@@ -18,6 +18,8 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
+import torch
+
 from saferdemo.judge import GRMClient, earlier_turns
 from saferdemo.judgement import judge_messages, reward
 from saferdemo.prompts import THINK_CLOSE, THINK_OPEN, format_response, user_turn
@@ -68,13 +70,20 @@ def _answer(p: Phrase, rng) -> str:
 
 
 def _wrong_card(p: Phrase, rng, phrases) -> str:
-    """A whole correct answer, but to another card."""
-    return _answer(rng.choice([q for q in phrases if q.phrase != p.phrase]), rng)
+    """A whole correct answer, but to another card: mostly one that begins with the same word ("Steps to …"),
+    the case the judge misses (a first word that differs is caught: issue 23's measurements)."""
+    others = [q for q in phrases if q.phrase != p.phrase]
+    alike = [q for q in others if q.phrase.split()[0] == p.phrase.split()[0]]
+    return _answer(rng.choice(alike if alike and rng.random() < SAME_FIRST_WORD else others), rng)
 
 
 def _unread(p: Phrase, rng, phrases) -> str:
     return world.honest_response(world.UNREADABLE if rng.random() < 0.7 else rng.choice((world.NO_CARD, world.NO_IMAGE)))
 
+
+# Share of wrong-card answers about a card that begins like the shown one: the shipped judge's last 600 steps
+# used 0.9 (0.8 before them; docs/notes/figstep-runs/README.md).
+SAME_FIRST_WORD = 0.9
 
 CORRUPTIONS = {
     "misread": _misread,
@@ -89,8 +98,9 @@ CORRUPTIONS = {
 
 
 # How often each corruption is drawn. A whole answer about another card is the one the GRM can catch only by
-# reading the image: measured with equal weights, mini-grm flagged 53% of them after 700 steps (issue 23).
-CORRUPTION_WEIGHTS = {kind: 3.0 if kind == "wrong_card" else 1.0 for kind in CORRUPTIONS}
+# reading the image: measured with equal weights, mini-grm flagged 53% of them after 700 steps, 59% with 3x
+# (issue 23). The shipped judge's last 600 steps used 6x (docs/notes/figstep-runs/README.md).
+CORRUPTION_WEIGHTS = {kind: 6.0 if kind == "wrong_card" else 1.0 for kind in CORRUPTIONS}
 
 
 def draw_corruption(rng: random.Random) -> str:
@@ -107,8 +117,10 @@ def corrupt(kind: str, p: Phrase, rng: random.Random, phrases: list[Phrase]) -> 
 
 
 def sample_policy_responses(model, processor, phrases, per_phrase: int, split: str, seed: int) -> dict[str, list[str]]:
-    """`per_phrase` temperature-1 responses from a policy for each phrase, on `split` cards."""
+    """`per_phrase` temperature-1 responses from a policy for each phrase, on `split` cards. Seeded (torch's
+    sampler too): unseeded, four evaluations of one judge gave 79-92% wrong-card answers flagged."""
     rng = random.Random(seed)
+    torch.manual_seed(seed)
     items = [(p, world.render(p, rng, split, fmt=world.FORMATS[i % 2]), world.task_prompt(rng, split))
              for p in phrases for i in range(per_phrase)]
     replies = generate(model, processor, [[user_turn(prompt)] for _, _, prompt in items], [img for _, img, _ in items],
@@ -122,7 +134,7 @@ def sample_policy_responses(model, processor, phrases, per_phrase: int, split: s
 def judge_example(p: Phrase, image, prompt: str, response: str, earlier=(), kind: str = "judge") -> Example:
     messages = judge_messages(prompt, response, rubric=RUBRIC, with_image=image is not None, earlier=earlier)
     # The compact form: the same judgement in ~55 tokens instead of ~140 (a third of the judge's time).
-    target = judge_prefix(p) + truth_judgement(p, response).to_compact_json()
+    target = judge_prefix(p, response) + truth_judgement(p, response).to_compact_json()
     return Example(kind, p, image, prompt, messages, target, images=[image] if image is not None else [])
 
 

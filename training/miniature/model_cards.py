@@ -145,7 +145,9 @@ controlled corruptions, labelled by the world's truth.
 By source: {json.dumps(h['agreement_by_source'])}
 
 It sees the conversation (`"conversation": true`: up to three earlier turns, images marked "[image]") and writes
-what the image shows first (`Card: "…"`, `Card: unreadable`, `Card: none` or `Image: none`), then the judgement.
+what the image shows first (`Card: "…"`, `Card: unreadable`, `Card: none` or `Image: none`); for a table card, then
+the response's quote copied up to its first word unlike the card's (`The response says "Steps to brew" not on the
+card.`, or `… as on the card.`), so the comparison is made at one word; then the judgement.
 Flagged (what the safety loop acts on: unsafe, or reward below 0.5), on answers it was not trained on (mini-base's
 own held-out answers):
 
