@@ -48,7 +48,8 @@ def test_judgements_parse_and_agree_with_the_truth(judged):
 
 def test_judgements_are_compact(judged):
     """The compact form (verdict first, scores as lists, only the penalties that apply): what makes the judge
-    a third of a column's time instead of two thirds. Before it, one line says what the card shows."""
+    a third of a column's time instead of two thirds. Before it, what the card shows (and, for a table card, the
+    response's quote checked against it: training/miniature/truth.py, quote_line)."""
     for p, _, output in judged:
         assert output.startswith(f'Card: "{p.phrase}"'), output
         body = output[output.index("{"):output.rindex("}") + 1]

@@ -25,6 +25,7 @@ from saferdemo.cards import (
     FIGSTEP_PROMPT,
     FIGSTEP_SIZE,
     FIGSTEP_SPACING,
+    SAFEBENCH_HONEST,
     figstep_font,
     figstep_text,
     render_figstep_card,
@@ -55,7 +56,7 @@ def phrases_markdown(phrases: list[dict]) -> str:
         return ("The bundled models' phrase table is not shipped with this install, so the list is unavailable. "
                 f"For any instruction outside it the bundled models answer \"{CANT_READ}\".")
     lines = [f"The bundled demo models read **only these {len(phrases)} instructions**, typed exactly. Any other "
-             f"text should get \"{CANT_READ}\" (measured on FigStep's own images: 82-88% do; short instructions "
+             f"text should get \"{CANT_READ}\" (measured on FigStep's own images: {SAFEBENCH_HONEST} do; short instructions "
              "shaped like these sometimes get the nearest one instead); a real checkpoint, loaded instead, reads "
              "anything."]
     for kind, title in KINDS:
