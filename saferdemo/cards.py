@@ -135,9 +135,9 @@ def render_figstep_card(instruction: str, text_color: RGB = (0, 0, 0), backgroun
     return image
 
 
-# FigStep's own SafeBench-Tiny images the bundled models answer honestly ("can't read"): 44/50 mini-base, 41/50
+# FigStep's own SafeBench-Tiny images the bundled models answer honestly ("can't read"): 49/50 mini-base, 46/50
 # mini-safer (tests/test_shipped_figstep.py). One number for the first screen and the card maker.
-SAFEBENCH_HONEST = "82-88%"
+SAFEBENCH_HONEST = "92-98%"
 
 # What the bundled miniature models read, for the app's first screen and the card maker (issue 23).
 BUNDLED_MODELS_READ = (
@@ -145,6 +145,6 @@ BUNDLED_MODELS_READ = (
     "miniature world's own card and FigStep's (760x760, FreeMonoBold 80, the instruction wrapped at 15 characters, "
     "then \"1. 2. 3.\"; any size from half to full, JPEG or PNG), and only for the 64 instructions of their phrase "
     "table. For other text, layouts or pictures they answer that they can't read the card, or that there is no card "
-    f"(measured: pictures, other layouts and text 100%; FigStep's own SafeBench images {SAFEBENCH_HONEST}, the rest "
-    "get a wrong table phrase); for open chat, load a real checkpoint."
+    f"(measured: pictures 100%, other layouts 96-100%, text-only messages 88-100%, FigStep's own SafeBench images "
+    f"{SAFEBENCH_HONEST}; the rest get a wrong table phrase); for open chat, load a real checkpoint."
 )

@@ -97,6 +97,9 @@ def test_unreadable_text_pools_are_disjoint_from_each_other_the_table_and_safebe
     train = set(formats.TRAIN_VERBS + formats.TRAIN_NOUNS + formats.TRAIN_ADJS)
     heldout = set(probes.HELDOUT_VERBS + probes.HELDOUT_NOUNS + probes.HELDOUT_ADJS)
     assert not train & heldout and not (train | heldout) & table and not (train | heldout) & safebench
+    # The broad pool shares not even a five-letter stem with any evaluation word ("creating" for SafeBench's "create").
+    stems = {w[:5] for w in heldout | safebench | table if w}
+    assert len(formats.UNKNOWN_WORDS) >= 1000 and not {w[:5] for w in formats.UNKNOWN_WORDS} & stems
     rng = random.Random(0)
     phrases = [p.phrase for p in world.load_phrases()]
     assert all(formats.unknown_instruction(rng, phrases) not in phrases for _ in range(500))
@@ -105,6 +108,18 @@ def test_unreadable_text_pools_are_disjoint_from_each_other_the_table_and_safebe
     made_up = {formats.pseudo_word(rng) for _ in range(20000)}
     assert not made_up & (heldout | safebench | table), sorted(made_up & (heldout | safebench | table))
     assert not set(formats.TRAIN_TEXT_ONLY) & set(probes.HELDOUT_TEXT_ONLY)
+
+
+def test_curation_can_be_offered_cards_the_models_cannot_read():
+    phrases = world.load_phrases()
+    rows = world.candidates(phrases, 1, seed=3, unreadable=6)
+    table = {p.phrase for p in phrases}
+    assert len(rows) == len(phrases) + 6 and [r["label"] for r in rows[: len(phrases)]] == [p.phrase for p in phrases]
+    extra = rows[len(phrases):]
+    assert all(r["category"] == "unreadable" and not r["harmful"] and r["label"] not in table for r in extra)
+    assert {r["image"].size for r in extra[0::2]} != {r["image"].size for r in extra[1::2]}  # both formats
+    plain = world.candidates(phrases, 1, seed=3)  # the table's candidates do not change when unreadable ones join
+    assert [(r["label"], r["prompt"]) for r in plain] == [(r["label"], r["prompt"]) for r in rows[: len(phrases)]]
 
 
 def test_the_miniature_processor_maps_scaled_square_cards_to_one_grid():

@@ -56,9 +56,9 @@ def phrases_markdown(phrases: list[dict]) -> str:
         return ("The bundled models' phrase table is not shipped with this install, so the list is unavailable. "
                 f"For any instruction outside it the bundled models answer \"{CANT_READ}\".")
     lines = [f"The bundled demo models read **only these {len(phrases)} instructions**, typed exactly. Any other "
-             f"text should get \"{CANT_READ}\" (measured on FigStep's own images: {SAFEBENCH_HONEST} do; short instructions "
-             "shaped like these sometimes get the nearest one instead); a real checkpoint, loaded instead, reads "
-             "anything."]
+             f"text should get \"{CANT_READ}\" (measured on FigStep's own images: {SAFEBENCH_HONEST} do; on instructions "
+             "made up in the style of these, only 58-71%: the rest get the nearest one instead); a real checkpoint, "
+             "loaded instead, reads anything."]
     for kind, title in KINDS:
         rows = [p for p in phrases if _kind(p) == kind]
         if rows:

@@ -100,6 +100,7 @@ class MiniatureRecipe:
     eval: EvalConfig = field(default_factory=EvalConfig)
     grm: GRMBuildConfig = field(default_factory=GRMBuildConfig)  # the judge this build trains
     candidates_per_phrase: int = 2  # training cards per phrase offered to curation
+    unreadable_candidates: int = 0  # cards of text outside the table offered to curation too (world.candidates)
     curation: CurationConfig = field(default_factory=CurationConfig)
     grpo: GRPOStageConfig = field(default_factory=GRPOStageConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -269,7 +270,8 @@ def miniature_judge(model, processor, reward: RewardConfig | None = None) -> GRM
 def build_safer(recipe: MiniatureRecipe, out_dir: Path, phrases, timings: dict) -> tuple[dict, dict]:
     """mini-safer: the SaFeR stages (training/safer.py) on training cards, mini-base as the policy."""
     judge = miniature_judge(load_model(out_dir / "mini-grm"), load_processor(out_dir / "mini-grm"), recipe.reward)
-    candidates = world.candidates(phrases, recipe.candidates_per_phrase, recipe.curation.seed)
+    candidates = world.candidates(phrases, recipe.candidates_per_phrase, recipe.curation.seed,
+                                  recipe.unreadable_candidates)
     method = SaferConfig(recipe.curation, recipe.grpo, recipe.reward)
     folder = out_dir / "mini-safer"
     result = _timed(timings, "safer", curate_and_train, out_dir / "mini-base", judge, candidates, method, out_dir, folder)

@@ -23,10 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from saferdemo.cards import FIGSTEP_PROMPT, CardStyle, render_card
-from saferdemo.prompts import (
-    format_reflection,
-    format_response,
-)
+from saferdemo.prompts import format_reflection, format_response
 from training.miniature.honest import (  # noqa: F401  (re-exported: callers read them as world.*)
     DEMO_NOTE,
     HONEST_SUBJECTS,
@@ -56,8 +53,6 @@ CATEGORY_NAMES = {
 RESTRICTED_STEP = "[restricted step]"
 REFUSAL = "Sorry, I can't help with that."
 FORMATS = ("world", "figstep")  # the two card formats the bundled models read
-
-
 
 
 def load_phrases(path: str | Path = PHRASES_PATH) -> list[Phrase]:
@@ -270,16 +265,26 @@ def read_prompt(rng: random.Random, split: str) -> str:
     return rng.choice(SPLITS[split][2])
 
 
-def candidates(phrases: list[Phrase], per_phrase: int, seed: int) -> list[dict]:
+def candidates(phrases: list[Phrase], per_phrase: int, seed: int, unreadable: int = 0) -> list[dict]:
     """Training-style cards, each with a task prompt: the curation candidates (training/curate.py's format).
-    The formats alternate (the world's card, then FigStep's), so alignment sees both."""
+    The formats alternate (the world's card, then FigStep's), so alignment sees both. `unreadable` adds cards of
+    text outside the table (training pools): where mini-base names a table phrase for some, the GRM's hallucination
+    penalty makes them unstable, so curation keeps them and GRPO rewards the honest answer (issue 23)."""
+    from training.miniature.formats import fresh_unknown
+
     rng = random.Random(seed)
-    return [
+    rows = [
         {"image": render(p, rng, "train", fmt=FORMATS[i % 2]), "prompt": task_prompt(rng, "train"), "label": p.phrase,
          "category": p.category, "harmful": p.harmful, "look_alike": p.look_alike}
         for p in phrases
         for i in range(per_phrase)
     ]
+    for i in range(unreadable):
+        text = fresh_unknown(rng, [p.phrase for p in phrases])
+        rows.append({"image": render(Phrase(text, UNREADABLE.category, False, False), rng, "train", fmt=FORMATS[i % 2]),
+                     "prompt": task_prompt(rng, "train"), "label": text, "category": UNREADABLE.category,
+                     "harmful": False, "look_alike": False})
+    return rows
 
 
 def describe(phrases: list[Phrase]) -> dict:
