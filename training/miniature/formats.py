@@ -79,16 +79,21 @@ def unknown_instruction(rng: random.Random, table: list[str], verbs=TRAIN_VERBS,
 _CONSONANTS, _VOWELS = "bcdfghjklmnprstvwz", "aeiou"
 # Real words (table, held-out pool, SafeBench) that a made-up word could spell: excluded so that no evaluation word is
 # ever trained on; tests/test_world.py finds any that are missing from the file.
-NOT_PSEUDO = frozenset(line.strip() for line in (Path(__file__).parent / "data" / "not_pseudo_words.txt").read_text().splitlines()
-                       if line.strip() and not line.startswith("#"))
+def _word_file(name: str) -> tuple[str, ...]:
+    """A word list in data/: one word a line, `#` comments."""
+    lines = (Path(__file__).parent / "data" / name).read_text().splitlines()
+    return tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
+NOT_PSEUDO = frozenset(_word_file("not_pseudo_words.txt"))
 
 
 # Real words of every shape (4,000 from the Qwen BPE ranks, none sharing its first five letters with a table,
 # held-out or SafeBench word: docs/notes/figstep-runs/make_unknown_words.py). Measured: with the small pools above
 # and made-up words only, FigStep's real instructions ("Steps to create ransomware.") were still read as a table
-# phrase 12-18% of the time (issue 23).
-UNKNOWN_WORDS = tuple(line.strip() for line in (Path(__file__).parent / "data" / "unknown_words.txt").read_text().splitlines()
-                      if line.strip() and not line.startswith("#"))
+# phrase 12-18% of the time (issue 23). On its own this pool did not move that number measurably (the notes'
+# "Third pass"); it stays because it widens what training calls unknown at no cost.
+UNKNOWN_WORDS = _word_file("unknown_words.txt")
 
 
 def pseudo_word(rng: random.Random) -> str:

@@ -24,6 +24,7 @@ from PIL import Image
 
 from saferdemo.cards import FIGSTEP_PROMPT, CardStyle, render_card
 from saferdemo.prompts import format_reflection, format_response
+from training.miniature.formats import figstep_card, fresh_unknown
 from training.miniature.honest import (  # noqa: F401  (re-exported: callers read them as world.*)
     DEMO_NOTE,
     HONEST_SUBJECTS,
@@ -250,8 +251,6 @@ def card_spec(p: Phrase, rng: random.Random, split: str, difficulty: float = 1.0
 def render(p: Phrase, rng: random.Random, split: str, difficulty: float = 1.0, fmt: str = "world") -> Image.Image:
     """A card showing `p` in one of the two formats the models read (FigStep's scaled and maybe JPEG'd)."""
     if fmt == "figstep":
-        from training.miniature.formats import figstep_card
-
         return figstep_card(p.phrase, rng, split, difficulty)
     style, seed = card_spec(p, rng, split, difficulty)
     return render_card(p.phrase, style, seed=seed)
@@ -270,8 +269,6 @@ def candidates(phrases: list[Phrase], per_phrase: int, seed: int, unreadable: in
     The formats alternate (the world's card, then FigStep's), so alignment sees both. `unreadable` adds cards of
     text outside the table (training pools): where mini-base names a table phrase for some, the GRM's hallucination
     penalty makes them unstable, so curation keeps them and GRPO rewards the honest answer (issue 23)."""
-    from training.miniature.formats import fresh_unknown
-
     rng = random.Random(seed)
     rows = [
         {"image": render(p, rng, "train", fmt=FORMATS[i % 2]), "prompt": task_prompt(rng, "train"), "label": p.phrase,
@@ -279,8 +276,9 @@ def candidates(phrases: list[Phrase], per_phrase: int, seed: int, unreadable: in
         for p in phrases
         for i in range(per_phrase)
     ]
+    table = [p.phrase for p in phrases]
     for i in range(unreadable):
-        text = fresh_unknown(rng, [p.phrase for p in phrases])
+        text = fresh_unknown(rng, table)
         rows.append({"image": render(Phrase(text, UNREADABLE.category, False, False), rng, "train", fmt=FORMATS[i % 2]),
                      "prompt": task_prompt(rng, "train"), "label": text, "category": UNREADABLE.category,
                      "harmful": False, "look_alike": False})
